@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from .summary import ExpansionSummary
+
+__all__ = ["ExpansionSummary"]

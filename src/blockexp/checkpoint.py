@@ -1,0 +1,245 @@
+"""Loading base models, saving Hugging Face directories atomically, and the expansion manifest.
+
+A *model spec* is one of:
+
+* a local directory holding ``config.json`` and weights (``save_pretrained`` layout),
+* a Hugging Face hub id (``meta-llama/Llama-2-7b-hf``), resolved by ``transformers``,
+* an inline config dict with a ``model_type`` key (tiny random models for tests and the
+  quickstart), built with ``AutoModelForCausalLM.from_config`` under a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from . import __version__
+
+__all__ = [
+    "MANIFEST_NAME",
+    "ModelSpec",
+    "OutputExistsError",
+    "atomic_output_dir",
+    "build_manifest",
+    "describe_spec",
+    "load_config",
+    "load_model",
+    "read_manifest",
+    "resolve_dtype",
+    "save_pretrained_atomic",
+]
+
+MANIFEST_NAME = "blockexp_manifest.json"
+
+ModelSpec = str | dict[str, Any]
+
+
+class OutputExistsError(FileExistsError):
+    """Refusing to write an output directory."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    """``"auto"`` (keep the checkpoint's dtype), ``None`` or a torch dtype name."""
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    name = dtype.removeprefix("torch.")
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+    resolved = getattr(torch, aliases.get(name, name), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"Unknown dtype '{dtype}'. Use auto, float32, bfloat16 or float16.")
+    return resolved
+
+
+def _check_local(spec: str) -> Path | None:
+    """Return the local path of ``spec`` if it is one; raise if it looks like a missing path."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith(".json"):
+        raise FileNotFoundError(
+            f"Base model '{spec}' does not exist. Give a local directory with config.json and "
+            "weights, a config.json file (for plan), or a hub id like 'org/name'."
+        )
+    return None
+
+
+def describe_spec(spec: ModelSpec) -> str:
+    """A short string for logs and manifests."""
+    if isinstance(spec, dict):
+        return f"inline:{spec.get('model_type', '?')}"
+    return str(spec)
+
+
+def load_config(spec: ModelSpec, trust_remote_code: bool = False) -> PretrainedConfig:
+    """Load a model config from a directory, a ``config.json`` path, a hub id or an inline dict."""
+    if isinstance(spec, dict):
+        return _config_from_dict(spec)
+    path = _check_local(spec)
+    if path is not None and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        return _config_from_dict(data, source=str(path))
+    if path is not None and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face model directory?")
+    return AutoConfig.from_pretrained(str(path or spec), trust_remote_code=trust_remote_code)
+
+
+def _config_from_dict(data: dict[str, Any], source: str = "inline config") -> PretrainedConfig:
+    data = dict(data)
+    model_type = data.pop("model_type", None)
+    if not model_type:
+        raise ValueError(f"{source} has no 'model_type' (e.g. \"llama\").")
+    data.pop("transformers_version", None)
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
+def load_model(
+    spec: ModelSpec,
+    dtype: str | torch.dtype | None = "auto",
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM from a model spec (see module docstring).
+
+    Args:
+        spec: local directory, hub id or inline config dict.
+        dtype: ``"auto"`` keeps the checkpoint's dtype; otherwise a torch dtype or its name.
+        trust_remote_code: passed to ``transformers``; off unless the user turns it on.
+        seed: initialisation seed for inline configs (random weights).
+        attn_implementation: e.g. ``"sdpa"`` or ``"flash_attention_2"``; default: transformers'.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    kwargs: dict[str, Any] = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if isinstance(spec, dict):
+        config = _config_from_dict(spec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, **kwargs)
+        if isinstance(torch_dtype, torch.dtype):
+            model = model.to(torch_dtype)
+        return model
+    path = _check_local(spec)
+    if path is not None and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face model directory?")
+    return AutoModelForCausalLM.from_pretrained(
+        str(path or spec), dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs
+    )
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+class atomic_output_dir:
+    """Context manager: write into a temporary sibling, rename into place on success.
+
+    A crash leaves only a ``.<name>.tmp-*`` directory, never a half-written ``out``. Refuses to
+    write into (or over) any directory in ``protect`` (e.g. the base checkpoint) and over an
+    existing non-empty ``out`` unless ``overwrite``.
+    """
+
+    def __init__(
+        self, out: str | os.PathLike, protect: list[str | os.PathLike] = (), overwrite: bool = False
+    ):
+        self.out = Path(out).expanduser().resolve()
+        for p in protect:
+            pp = Path(p).expanduser().resolve()
+            if _is_within(self.out, pp) or _is_within(pp, self.out):
+                raise OutputExistsError(
+                    f"Refusing to write to {self.out}: it overlaps the base checkpoint {pp}. "
+                    "Choose an output directory outside the base model directory."
+                )
+        if (
+            self.out.exists()
+            and (not self.out.is_dir() or any(self.out.iterdir()))
+            and not overwrite
+        ):
+            raise OutputExistsError(
+                f"Output {self.out} already exists and is not empty. Choose a new directory or "
+                "pass --overwrite true."
+            )
+        self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{time.time_ns()}"
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{time.time_ns()}"
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def save_pretrained_atomic(
+    model: PreTrainedModel,
+    out: str | os.PathLike,
+    tokenizer=None,
+    manifest: dict[str, Any] | None = None,
+    protect: list[str | os.PathLike] = (),
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+) -> Path:
+    """Save ``model`` (safetensors), its config, ``tokenizer`` and the manifest, atomically."""
+    with atomic_output_dir(out, protect=protect, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if manifest is not None:
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return Path(out).expanduser().resolve()
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The blockexp manifest of an expanded checkpoint, or ``None`` if it has none."""
+    path = Path(directory) / MANIFEST_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_manifest(
+    expansion, expander, base: ModelSpec, base_num_layers: int, base_params: int
+) -> dict[str, Any]:
+    """The JSON manifest written next to every expanded checkpoint."""
+    total, trainable = expansion.parameter_counts()
+    return {
+        "blockexp_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base": describe_spec(base),
+        "base_num_layers": base_num_layers,
+        "base_params": base_params,
+        "num_layers": expansion.model.config.num_hidden_layers,
+        "total_params": total,
+        "trainable_params": trainable,
+        "expander": expander.config(),
+        "new_layers": expansion.plan.new_layers if expansion.plan else [],
+        "trainable_layers": expansion.plan.trainable_layers if expansion.plan else [],
+        "trainable_parameters": sorted(expansion.trainable),
+        "plan": expansion.plan.to_dict() if expansion.plan else None,
+        **({"extra": expansion.extra} if expansion.extra else {}),
+    }

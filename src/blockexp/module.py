@@ -1,0 +1,235 @@
+"""The LightningModule: loads a base model, applies an expander, trains what the expander marks
+trainable, and exports a standard Hugging Face directory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from .checkpoint import (
+    ModelSpec,
+    build_manifest,
+    describe_spec,
+    load_model,
+    save_pretrained_atomic,
+)
+from .expanders import Expander, build_expander
+
+__all__ = ["BlockExpansionModule", "cosine_with_warmup", "resolve_tokenizer_spec"]
+
+
+def resolve_tokenizer_spec(tokenizer: str | None, base: ModelSpec) -> str:
+    """The tokenizer to use: ``tokenizer`` if given, else the base model's own."""
+    if tokenizer:
+        return tokenizer
+    if isinstance(base, dict):
+        raise ValueError(
+            "model.tokenizer is required when the base model is an inline config: set it to "
+            "'byte' (built-in byte-level tokenizer) or a tokenizer directory / hub id."
+        )
+    return base
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class BlockExpansionModule(L.LightningModule):
+    """Continual pre-training of an expanded causal LM.
+
+    Defaults follow the LLaMA Pro paper (Sec. 4.1, Table 14): AdamW with betas (0.9, 0.95),
+    weight decay 0.1 (not applied to norms and biases), peak learning rate 2e-4, linear warmup over
+    6% of the steps then cosine decay; gradient clipping at 1.0 is the CLI's trainer default.
+
+    Args:
+        base: the base model: a local directory, a hub id, or an inline config dict with
+            ``model_type`` (random weights, for tests and the quickstart).
+        expander: the strategy (e.g. ``LlamaPro``) applied in :meth:`configure_model`.
+        tokenizer: tokenizer spec (directory, hub id or ``byte``); default: the base's own.
+        dtype: dtype the base model is loaded in (``float32`` keeps fp32 master weights for
+            mixed-precision training; ``auto`` keeps the checkpoint's dtype).
+        lr: peak learning rate.
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay on matrices (norm weights and biases get none).
+        eps: AdamW epsilon.
+        warmup_ratio: fraction of the total optimizer steps used for linear warmup.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        export_dir: if set, the trained model is written there as a Hugging Face directory at the
+            end of ``fit`` (atomically; never into the base directory).
+        export_overwrite: replace an existing ``export_dir``.
+        seed: initialisation seed for inline (random) base models.
+        trust_remote_code: allow custom modelling code from the hub (off by default).
+        attn_implementation: ``sdpa`` (default when None), ``eager`` or ``flash_attention_2``.
+        validate_before_fit: run validation once before training (the "before" in the summary).
+    """
+
+    def __init__(
+        self,
+        base: str | dict[str, Any],
+        expander: Expander,
+        tokenizer: str | None = None,
+        dtype: str = "float32",
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.1,
+        eps: float = 1e-8,
+        warmup_ratio: float = 0.06,
+        min_lr_ratio: float = 0.0,
+        export_dir: str | None = None,
+        export_overwrite: bool = False,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
+        validate_before_fit: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(expander, dict | str):
+            expander = build_expander(expander)
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}.")
+        self.save_hyperparameters(ignore=["expander"])
+        # Stored as plain data so checkpoints load with torch.load(weights_only=True).
+        self.hparams["expander"] = expander.config()
+        self.expander = expander
+        self.model: torch.nn.Module | None = None
+        self.expansion = None
+        self.base_info: dict[str, int] = {}
+        self._val_sums = torch.zeros(2, dtype=torch.float64)  # token-weighted loss sum, tokens
+        self.val_history: list[dict[str, float]] = []
+
+    # -- model ----------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        model = load_model(
+            hp.base,
+            dtype=hp.dtype,
+            trust_remote_code=hp.trust_remote_code,
+            seed=hp.seed,
+            attn_implementation=hp.attn_implementation,
+        )
+        self.base_info = {
+            "num_layers": int(model.config.num_hidden_layers),
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+        expansion = self.expander.expand(model)
+        expansion.freeze()
+        model.config.use_cache = False  # no KV cache while training
+        self.expansion = expansion
+        self.model = expansion.model
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any):
+        return self.model(input_ids=input_ids, **kwargs)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = batch["labels"]
+        out = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            labels=labels,
+        )
+        n_tokens = (labels[:, 1:] != -100).sum()
+        return out.loss, n_tokens
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, n_tokens = self._loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, n_tokens = self._loss(batch)
+        self._val_sums += torch.stack([loss.detach().float() * n_tokens, n_tokens.float()]).cpu()
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(2, dtype=torch.float64)
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.trainer.strategy.reduce(self._val_sums.to(self.device), reduce_op="sum")
+        value = (sums[0] / sums[1].clamp(min=1)).float()
+        self.log("val_loss", value, prog_bar=True, sync_dist=False)
+        self.log("val_ppl", torch.exp(value.clamp(max=50)), sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self.val_history.append({"step": int(self.global_step), "val_loss": float(value)})
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        if not decay and not no_decay:
+            raise RuntimeError("The expander marked no parameter trainable; nothing to optimise.")
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(hp.warmup_ratio * total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, total, warmup, hp.min_lr_ratio)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # -- checkpoints and export -----------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """The expansion manifest (plan, new and trainable layers, parameter counts)."""
+        return build_manifest(
+            self.expansion,
+            self.expander,
+            self.hparams.base,
+            self.base_info.get("num_layers", 0),
+            self.base_info.get("params", 0),
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["blockexp"] = {
+            "hf_config": self.model.config.to_dict(),
+            "manifest": self.manifest(),
+            "tokenizer": self.tokenizer_spec(),
+        }
+
+    def tokenizer_spec(self) -> str | None:
+        try:
+            return resolve_tokenizer_spec(self.hparams.tokenizer, self.hparams.base)
+        except ValueError:
+            return None
+
+    def export(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write the current model as a Hugging Face directory with tokenizer and manifest."""
+        from .tokenization import load_tokenizer
+
+        spec = self.tokenizer_spec()
+        tokenizer = load_tokenizer(spec, self.hparams.trust_remote_code) if spec else None
+        base = self.hparams.base
+        protect = [base] if isinstance(base, str) and Path(base).expanduser().exists() else []
+        self.model.config.use_cache = True
+        try:
+            return save_pretrained_atomic(
+                self.model, out, tokenizer, self.manifest(), protect=protect, overwrite=overwrite
+            )
+        finally:
+            self.model.config.use_cache = False
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            path = self.export(self.hparams.export_dir, overwrite=self.hparams.export_overwrite)
+            self.print(f"Exported the trained model to {path}")
+
+    def describe(self) -> str:
+        return f"{describe_spec(self.hparams.base)} + {self.expander!r}"

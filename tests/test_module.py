@@ -1,0 +1,141 @@
+"""The LightningModule: freezing, optimizer, schedule, export."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from blockexp.checkpoint import MANIFEST_NAME, OutputExistsError
+from blockexp.data import CPTDataModule, DataSource
+from blockexp.expanders import LlamaPro
+from blockexp.module import BlockExpansionModule, cosine_with_warmup
+from tests.conftest import tiny_llama_dict
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    rng = __import__("random").Random(0)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    with path.open("w") as f:
+        for _ in range(200):
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(30))}) + "\n")
+    return path
+
+
+def _trainer(tmp_path, steps: int, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        default_root_dir=tmp_path,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+def _module(**kwargs) -> BlockExpansionModule:
+    return BlockExpansionModule(
+        base=tiny_llama_dict(4),
+        expander=LlamaPro(num_groups=2),
+        tokenizer="byte",
+        lr=1e-2,
+        **kwargs,
+    )
+
+
+def _data(corpus, tmp_path) -> CPTDataModule:
+    return CPTDataModule(
+        sources=[DataSource(name="c", path=str(corpus))],
+        tokenizer="byte",
+        seq_len=32,
+        batch_size=4,
+        cache_dir=str(tmp_path / "hf_cache"),
+    )
+
+
+def test_frozen_parameters_bit_identical_trainable_changed(corpus, tmp_path):
+    module = _module()
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    trainable = module.expansion.trainable
+    _trainer(tmp_path, steps=6).fit(module, datamodule=_data(corpus, tmp_path))
+    after = dict(module.model.named_parameters())
+    assert trainable and len(trainable) < len(before)
+    for name, old in before.items():
+        if name in trainable:
+            assert not torch.equal(old, after[name]), f"{name} did not train"
+        else:
+            assert torch.equal(old, after[name]), f"frozen {name} changed"
+            assert not after[name].requires_grad
+
+
+def test_optimizer_defaults_and_groups(corpus, tmp_path):
+    module = BlockExpansionModule(
+        base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2), tokenizer="byte"
+    )
+    module.configure_model()
+    trainer = _trainer(tmp_path, steps=100)
+    module.trainer = trainer
+    conf = module.configure_optimizers()
+    opt = conf["optimizer"]
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["lr"] == 2e-4 and opt.defaults["betas"] == (0.9, 0.95)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 1 for p in no_decay["params"])  # norms (and biases) are not decayed
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    trainable = {
+        id(p) for n, p in module.model.named_parameters() if n in module.expansion.trainable
+    }
+    assert in_opt == trainable
+
+
+def test_cosine_with_warmup_shape():
+    total, warmup = 100, 6
+    values = [cosine_with_warmup(s, total, warmup) for s in range(total)]
+    assert values[0] == pytest.approx(1 / 6) and values[5] == pytest.approx(1.0)
+    assert values[6] == pytest.approx(1.0)
+    assert values[53] == pytest.approx(0.5, abs=0.02)
+    assert all(a >= b for a, b in zip(values[6:], values[7:], strict=False))
+    assert cosine_with_warmup(total, total, warmup, min_ratio=0.1) == pytest.approx(0.1)
+    assert not math.isnan(cosine_with_warmup(0, 1, 0))
+
+
+def test_export_matches_trained_module_and_protects_outputs(corpus, tmp_path):
+    module = _module(export_dir=str(tmp_path / "exported"))
+    _trainer(tmp_path, steps=3).fit(module, datamodule=_data(corpus, tmp_path))
+    out = tmp_path / "exported"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["new_layers"] == [2, 5] and manifest["num_layers"] == 6
+    assert manifest["expander"]["init_args"]["num_groups"] == 2
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.num_hidden_layers == 6
+    ids = torch.randint(0, 256, (2, 16))
+    module.model.eval()
+    with torch.no_grad():
+        assert (reloaded(ids).logits - module.model(ids).logits).abs().max() <= 1e-5
+    with pytest.raises(OutputExistsError, match="already exists"):
+        module.export(out)
+    assert not list(tmp_path.glob(".exported.tmp-*"))  # nothing half-written left behind
+
+
+def test_tokenizer_required_for_inline_config():
+    from blockexp.module import resolve_tokenizer_spec
+
+    with pytest.raises(ValueError, match="model.tokenizer is required"):
+        resolve_tokenizer_spec(None, tiny_llama_dict(2))
+    assert resolve_tokenizer_spec(None, "some/dir") == "some/dir"
