@@ -198,6 +198,38 @@ def expand(
     return Path(out)
 
 
+def rebuild_from_checkpoint(state: dict[str, Any], name: str | Path = "checkpoint"):
+    """Rebuild the plain ``transformers`` model of a ``blockexp fit`` checkpoint.
+
+    The base architecture is built from the stored base config without initialising its weights
+    (untouched allocations cost no resident memory), the stored expander is applied to it (so the
+    module tree matches training exactly), the trained weights are assigned, and the expander's :meth:`~blockexp.expanders.Expander.export_model` gives the
+    model to save.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    from .checkpoint import _config_from_dict
+    from .expanders import build_expander
+
+    info = state["blockexp"]
+    expander = build_expander(info["manifest"]["expander"])
+    config = _config_from_dict(info["base_config"])
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    expansion = expander.expand(model)
+    prefix = "model."
+    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    try:
+        expansion.model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as err:
+        raise ValueError(f"{name}: weights do not match the stored model: {err}") from err
+    expansion.model.tie_weights()
+    model = expander.export_model(expansion.model)
+    model.config.use_cache = True
+    return model
+
+
 def export(ckpt: str, out: str, tokenizer: str | None = None, overwrite: bool = False) -> Path:
     """Export a Lightning training checkpoint as a Hugging Face directory.
 
@@ -207,9 +239,7 @@ def export(ckpt: str, out: str, tokenizer: str | None = None, overwrite: bool = 
         tokenizer: tokenizer spec to save beside the model (default: the one used in training).
         overwrite: replace an existing output directory.
     """
-    from transformers import AutoModelForCausalLM
-
-    from .checkpoint import _config_from_dict, save_pretrained_atomic
+    from .checkpoint import save_pretrained_atomic
     from .tokenization import load_tokenizer
 
     path = Path(ckpt).expanduser()
@@ -219,17 +249,7 @@ def export(ckpt: str, out: str, tokenizer: str | None = None, overwrite: bool = 
     info = state.get("blockexp")
     if info is None:
         raise ValueError(f"{ckpt} was not written by blockexp fit (no 'blockexp' entry).")
-    config = _config_from_dict(info["hf_config"])
-    model = AutoModelForCausalLM.from_config(config)
-    prefix = "model."
-    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if k not in getattr(model, "_tied_weights_keys", {})]
-    if missing or unexpected:
-        raise ValueError(
-            f"{ckpt}: weights do not match the saved config (missing {missing[:5]}, unexpected {unexpected[:5]})."
-        )
-    model.config.use_cache = True
+    model = rebuild_from_checkpoint(state, path)
     spec = tokenizer or info.get("tokenizer")
     tok = load_tokenizer(spec) if spec else None
     result = save_pretrained_atomic(model, out, tok, info["manifest"], overwrite=overwrite)

@@ -104,6 +104,7 @@ class BlockExpansionModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.expansion = None
         self.base_info: dict[str, int] = {}
+        self.base_config: dict[str, Any] = {}
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # token-weighted loss sum, tokens
         self.val_history: list[dict[str, float]] = []
 
@@ -123,6 +124,7 @@ class BlockExpansionModule(L.LightningModule):
             "num_layers": int(model.config.num_hidden_layers),
             "params": sum(p.numel() for p in model.parameters()),
         }
+        self.base_config = model.config.to_dict()
         expansion = self.expander.expand(model)
         expansion.freeze()
         model.config.use_cache = False  # no KV cache while training
@@ -199,7 +201,7 @@ class BlockExpansionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["blockexp"] = {
-            "hf_config": self.model.config.to_dict(),
+            "base_config": self.base_config,
             "manifest": self.manifest(),
             "tokenizer": self.tokenizer_spec(),
         }
@@ -218,10 +220,11 @@ class BlockExpansionModule(L.LightningModule):
         tokenizer = load_tokenizer(spec, self.hparams.trust_remote_code) if spec else None
         base = self.hparams.base
         protect = [base] if isinstance(base, str) and Path(base).expanduser().exists() else []
-        self.model.config.use_cache = True
+        model = self.expander.export_model(self.model)
+        model.config.use_cache = True
         try:
             return save_pretrained_atomic(
-                self.model, out, tokenizer, self.manifest(), protect=protect, overwrite=overwrite
+                model, out, tokenizer, self.manifest(), protect=protect, overwrite=overwrite
             )
         finally:
             self.model.config.use_cache = False

@@ -103,6 +103,14 @@ class Expander:
         trainable = self.trainable_modules(model, plan, arch)
         return Expansion(model, plan, self._names_of(model, trainable))
 
+    def export_model(self, model: nn.Module) -> nn.Module:
+        """The plain ``transformers`` model to save for export (e.g. LoRA merges its adapters).
+
+        The default returns ``model`` itself; strategies that wrap the model override this and
+        must not modify ``model`` (training may go on after an export).
+        """
+        return model
+
     def trainable_modules(
         self, model: nn.Module, plan: Plan | None, arch: ArchSpec
     ) -> list[nn.Module]:
