@@ -44,6 +44,7 @@ class ArchSpec:
         lm_head_path: attribute path from the causal LM to the output projection.
         attention_path: attribute path, inside one decoder layer, of the attention module (its
             ``layer_idx`` selects the KV-cache slot and must be renumbered after surgery).
+        mlp_path: attribute path, inside one decoder layer, of the feed-forward module.
         per_layer_config_lists: config attributes that hold one entry per decoder layer.
     """
 
@@ -55,6 +56,7 @@ class ArchSpec:
     embed_path: tuple[str, ...] = ("model", "embed_tokens")
     lm_head_path: tuple[str, ...] = ("lm_head",)
     attention_path: str = "self_attn"
+    mlp_path: str = "mlp"
     per_layer_config_lists: tuple[str, ...] = ("layer_types",)
 
     # -- in-memory access -------------------------------------------------------------------
@@ -85,6 +87,10 @@ class ArchSpec:
                 )
             out.append(module)
         return out
+
+    def mlp(self, layer: nn.Module) -> nn.Module:
+        """The feed-forward module of one decoder layer."""
+        return _get_path(layer, tuple(self.mlp_path.split(".")), self.model_type)
 
     def norms(self, layer: nn.Module) -> list[nn.Module]:
         """Normalisation modules of one decoder layer."""

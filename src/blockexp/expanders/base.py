@@ -78,6 +78,9 @@ class Expander:
     """
 
     name: ClassVar[str] = ""
+    #: True when the expanded model computes exactly the base function at initialisation
+    #: (checked by the contract tests: equal logits and equal cached generation).
+    preserves_function: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -37,6 +37,8 @@ class LlamaPro(Expander):
         train_norms: also train every norm layer.
     """
 
+    preserves_function = True
+
     def __init__(
         self,
         num_groups: int = 8,
