@@ -54,6 +54,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from blockexp.tokenization import load_tokenizer
 
+from .loader import ResumableDataLoader
+
 __all__ = ["CPTDataModule", "DataError", "DataSource", "PackedBlocks", "infer_format"]
 
 # Bump when the tokenisation logic changes so old cache files are not reused.
@@ -707,15 +709,21 @@ class CPTDataModule(L.LightningDataModule):
             raise RuntimeError("datasets are built in setup(); call dm.setup('fit') first")
         if self.num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
+        common = dict(
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=False
         )
+        if shuffle:  # training: resumable mid-epoch from a Lightning checkpoint
+            return ResumableDataLoader(
+                dataset, self.batch_size, seed=self.seed, consumed=self._batches_consumed, **common
+            )
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **common)
+
+    def _batches_consumed(self) -> int | None:
+        """Training batches of the current epoch the trainer has finished (for resuming)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded) loader over the weighted training blocks."""

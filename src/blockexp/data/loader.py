@@ -1,0 +1,98 @@
+"""A training DataLoader that resumes mid-epoch exactly where a checkpoint left off.
+
+Lightning saves the ``state_dict()`` of every stateful training loader in its checkpoints and
+calls ``load_state_dict()`` on resume. The order of an epoch is a pure function of
+``(seed, epoch)``, so the state is just the epoch and the number of batches the trainer has
+consumed in it; on resume the loader replays the same permutation and skips those batches.
+Consumed batches are read from the trainer's progress counters, not counted at ``__next__``,
+because Lightning prefetches one batch ahead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["EpochSampler", "ResumableDataLoader"]
+
+
+class EpochSampler(Sampler[int]):
+    """Indices in a permutation that depends only on ``(seed, epoch)``; can skip a prefix."""
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.skip = 0
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return iter(self.order(self.epoch)[skip:])
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader over an :class:`EpochSampler` with ``state_dict``/``load_state_dict``.
+
+    Args:
+        dataset: map-style dataset.
+        batch_size: batch size.
+        seed: shuffling seed.
+        consumed: returns how many batches of the current epoch the trainer has consumed
+            (used by :meth:`state_dict`); without it, batches handed out are counted.
+        **kwargs: passed to ``DataLoader`` (``num_workers``, ``collate_fn``, ...).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int = 0,
+        consumed: Callable[[], int | None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        sampler = EpochSampler(len(dataset), seed=seed, shuffle=True)
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        self._consumed = consumed
+        self._epoch = -1  # incremented when an epoch starts
+        self._handed_out = 0
+        self._resume: dict[str, int] | None = None
+
+    def __iter__(self):
+        sampler: EpochSampler = self.sampler  # type: ignore[assignment]
+        if self._resume is not None:
+            self._epoch = self._resume["epoch"]
+            self._handed_out = self._resume["batches"]
+            sampler.skip = self._handed_out * self.batch_size
+            self._resume = None
+        else:
+            self._epoch += 1
+            self._handed_out = 0
+        sampler.epoch = self._epoch
+        return self._count(super().__iter__())
+
+    def _count(self, iterator):
+        for batch in iterator:
+            self._handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        batches = self._consumed() if self._consumed is not None else None
+        if batches is None:
+            batches = self._handed_out
+        return {"epoch": max(self._epoch, 0), "batches": int(batches)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
