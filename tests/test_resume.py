@@ -62,7 +62,9 @@ def test_resume_replays_the_same_batches(corpus, tmp_path, where):  # noqa: F811
     first, _ = _fit(corpus, tmp_path / "split", steps=stop_at)
     state = torch.load(tmp_path / "split/ckpt/last.ckpt", weights_only=True)
     assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # loader state saved
-    rest, _ = _fit(corpus, tmp_path / "split", steps=26, ckpt=str(tmp_path / "split/ckpt/last.ckpt"))
+    rest, _ = _fit(
+        corpus, tmp_path / "split", steps=26, ckpt=str(tmp_path / "split/ckpt/last.ckpt")
+    )
     assert first + rest == full
 
 

@@ -1,19 +1,32 @@
-"""What differs per architecture: where the decoder layers live and which projections write into
-the residual stream.
+"""What differs per architecture: where the decoder layers live, which projections write into
+the residual stream, and which config fields describe individual layers.
 
 Layers are found by *structure*: each supported ``model_type`` names the attribute path of its
 decoder-layer ``ModuleList`` and, inside one decoder layer, the attribute paths of the two linear
 maps that write into the residual stream (attention output and FFN output). Nothing here matches
 parameter names by substring; on-disk tensor names are parsed with an exact prefix
 (``model.layers.<i>.``) derived from the same attribute path.
+
+Supported (``transformers`` 5.x): ``llama``, ``mistral`` (global ``sliding_window``, nothing per
+layer) and ``qwen2`` (q/k/v biases; per-layer ``layer_types`` derived from ``use_sliding_window``,
+``sliding_window`` and ``max_window_layers``). When the depth changes,
+:meth:`ArchSpec.update_config` rewrites every per-layer field so that each new layer keeps the
+attention type of its first source layer and the count-style boundary (``max_window_layers``)
+still separates the same layers.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+from .plan import PlanError
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 __all__ = [
     "ArchSpec",
@@ -46,6 +59,9 @@ class ArchSpec:
             ``layer_idx`` selects the KV-cache slot and must be renumbered after surgery).
         mlp_path: attribute path, inside one decoder layer, of the feed-forward module.
         per_layer_config_lists: config attributes that hold one entry per decoder layer.
+        layer_count_boundaries: config attributes that hold a layer *count* splitting the stack
+            in two (Qwen2's ``max_window_layers``: layers ``>=`` it use sliding attention). After
+            surgery each becomes the number of new layers whose first source lay below it.
     """
 
     model_type: str
@@ -58,6 +74,7 @@ class ArchSpec:
     attention_path: str = "self_attn"
     mlp_path: str = "mlp"
     per_layer_config_lists: tuple[str, ...] = ("layer_types",)
+    layer_count_boundaries: tuple[str, ...] = ()
 
     # -- in-memory access -------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -111,6 +128,49 @@ class ArchSpec:
         for module in (layer, attention):
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = index
+
+    # -- config -------------------------------------------------------------------------------
+    def update_config(self, config: Any, plan: Plan) -> None:
+        """Make ``config`` describe the layers of ``plan`` (in place).
+
+        ``num_hidden_layers`` becomes the plan's depth; every per-layer list gets one entry per
+        new layer, taken from the layer's first source (a new layer keeps, e.g., the attention
+        type of the layer it was copied from, which is also what its attention module was built
+        with); every count-style boundary is remapped the same way.
+
+        Raises:
+            UnsupportedArchitectureError: for heterogeneous (per-layer) configs.
+            PlanError: if a per-layer list does not have one entry per base layer.
+        """
+        if getattr(config, "is_heterogeneous", False):
+            raise UnsupportedArchitectureError(
+                f"{self.model_type}: configs with per_layer_config (heterogeneous layers) are not "
+                "supported by depth-changing expanders; use a homogeneous config."
+            )
+        for name in self.per_layer_config_lists:
+            values = getattr(config, name, None)
+            if isinstance(values, (list, tuple)):
+                if len(values) != plan.base_num_layers:
+                    raise PlanError(
+                        f"config.{name} has {len(values)} entries but the model has "
+                        f"{plan.base_num_layers} layers."
+                    )
+                setattr(config, name, [values[spec.source[0]] for spec in plan.layers])
+        for name in self.layer_count_boundaries:
+            boundary = getattr(config, name, None)
+            if isinstance(boundary, int) and not isinstance(boundary, bool):
+                setattr(config, name, sum(1 for s in plan.layers if s.source[0] < boundary))
+        config.num_hidden_layers = plan.num_layers
+
+    def config_snapshot(self, config: Any) -> dict[str, Any]:
+        """The depth-dependent config fields, to restore after a temporary change."""
+        names = ("num_hidden_layers", *self.per_layer_config_lists, *self.layer_count_boundaries)
+        out = {}
+        for name in names:
+            if hasattr(config, name):
+                value = getattr(config, name)
+                out[name] = list(value) if isinstance(value, (list, tuple)) else value
+        return out
 
     # -- on-disk tensor names -------------------------------------------------------------------
     @property
@@ -181,3 +241,8 @@ def get_arch(config_or_model_type) -> ArchSpec:
 
 # Llama-family layout: pre-norm blocks, bias-free o_proj/down_proj (biases handled if present).
 register_arch(ArchSpec("llama"))
+# Mistral: the Llama layout; its sliding window is one global setting (no per-layer field).
+register_arch(ArchSpec("mistral"))
+# Qwen2: the Llama layout with q/k/v biases (o_proj has none); per-layer ``layer_types`` and the
+# full/sliding boundary ``max_window_layers``.
+register_arch(ArchSpec("qwen2", layer_count_boundaries=("max_window_layers",)))

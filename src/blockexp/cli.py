@@ -27,17 +27,8 @@ from .expanders import Expander
 __all__ = ["main", "plan", "expand", "export", "BlockexpCLI"]
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
-OFFLINE_COMMANDS = ("plan", "expand", "export")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
+OFFLINE_COMMANDS = ("plan", "expand", "export", "importance")
+from .streaming import TOKENIZER_FILES  # noqa: E402  (defined there; lightning-free import)
 
 
 def _console() -> Console:
@@ -152,12 +143,15 @@ def expand(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     max_shard_size: str = "5GB",
+    in_memory: bool = False,
 ) -> Path:
     """Expand a base model and write it as a Hugging Face directory, atomically.
 
     The output holds safetensors weights, the updated config.json, the base's tokenizer files
     and ``blockexp_manifest.json`` (plan, new and trainable layers). The base directory is never
-    written to.
+    written to. A local safetensors checkpoint expanded by a depth-changing strategy is streamed
+    tensor by tensor (:mod:`blockexp.streaming`: memory does not grow with the model, dtype kept,
+    bitwise equal to in-memory expansion); other cases load the model in memory.
 
     Args:
         base: base model directory or hub id.
@@ -167,13 +161,42 @@ def expand(
         overwrite: replace an existing output directory.
         trust_remote_code: allow custom modelling code from the hub.
         max_shard_size: safetensors shard size.
+        in_memory: load the whole model and expand it in memory even when it could be streamed.
     """
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .checkpoint import atomic_output_dir, build_manifest, load_model
+    from .streaming import can_stream, stream_expand
 
     protect = [base] if Path(base).expanduser().exists() else []
     console = _console()
+    reason = "--in_memory was given" if in_memory else can_stream(expander, base)
+    if reason is None:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task(f"streaming {expander!r} to {out}", total=None)
+            manifest = stream_expand(
+                base,
+                out,
+                expander,
+                dtype,
+                overwrite,
+                max_shard_size,
+                trust_remote_code=trust_remote_code,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        console.print(
+            f"Wrote {out} (streamed): {manifest['base_num_layers']} -> {manifest['num_layers']} "
+            f"layers, {manifest['total_params']:,} params "
+            f"({manifest['trainable_params']:,} trainable)"
+        )
+        return Path(out)
+    console.print(f"Expanding in memory: {reason}.")
     with atomic_output_dir(out, protect=protect, overwrite=overwrite) as tmp:
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -298,10 +321,11 @@ offline:
   plan     layer map and parameter counts from config.json alone
   expand   write an expanded Hugging Face checkpoint
   export   convert a training checkpoint (.ckpt) into a Hugging Face directory
+  importance  per-layer importance (angular distance, removal/insertion drops): CSV + PNG
 """
 
 
-BOOL_FLAGS = ("--json", "--overwrite", "--trust_remote_code")
+BOOL_FLAGS = ("--json", "--overwrite", "--trust_remote_code", "--in_memory")
 
 
 def _bare_flags(argv: list[str]) -> list[str]:
@@ -329,7 +353,11 @@ def main(argv: list[str] | None = None) -> Any:
         from . import expanders  # noqa: F401  (registers the expander classes)
 
         try:
-            return CLI([plan, expand, export], args=_bare_flags(argv), as_positional=False)
+            from .importance import importance
+
+            return CLI(
+                [plan, expand, export, importance], args=_bare_flags(argv), as_positional=False
+            )
         except (ValueError, KeyError, OSError) as err:  # user errors: one clear line, exit 2
             print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
             raise SystemExit(2) from err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -67,8 +67,16 @@ class BlockExpansionModule(L.LightningModule):
         export_overwrite: replace an existing ``export_dir``.
         seed: initialisation seed for inline (random) base models.
         trust_remote_code: allow custom modelling code from the hub (off by default).
-        attn_implementation: ``sdpa`` (default when None), ``eager`` or ``flash_attention_2``.
+        attn_implementation: ``auto`` (default when None: ``flash_attention_2`` when flash-attn is
+            installed and CUDA is available, else ``sdpa``), ``sdpa``, ``eager`` or
+            ``flash_attention_2``.
         validate_before_fit: run validation once before training (the "before" in the summary).
+        precision_policy: ``full`` keeps every parameter in ``dtype``; ``lean`` stores frozen
+            parameters in bf16 and trainable ones in fp32 and runs the model under bf16 autocast
+            (see :mod:`blockexp.precision`; use with trainer precision ``32-true`` or
+            ``bf16-mixed``). With ``lean`` the base is loaded directly in bf16.
+        gradient_checkpointing: recompute decoder-layer activations in the backward pass
+            (non-reentrant, so it also works when the layers below are frozen).
     """
 
     def __init__(
@@ -89,6 +97,8 @@ class BlockExpansionModule(L.LightningModule):
         trust_remote_code: bool = False,
         attn_implementation: str | None = None,
         validate_before_fit: bool = True,
+        precision_policy: Literal["full", "lean"] = "full",
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(expander, dict | str):
@@ -113,12 +123,15 @@ class BlockExpansionModule(L.LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
+        from .precision import apply_precision_policy, select_attn_implementation
+
+        policy = hp.get("precision_policy", "full")
         model = load_model(
             hp.base,
-            dtype=hp.dtype,
+            dtype="bfloat16" if policy == "lean" else hp.dtype,
             trust_remote_code=hp.trust_remote_code,
             seed=hp.seed,
-            attn_implementation=hp.attn_implementation,
+            attn_implementation=select_attn_implementation(hp.attn_implementation),
         )
         self.base_info = {
             "num_layers": int(model.config.num_hidden_layers),
@@ -127,22 +140,47 @@ class BlockExpansionModule(L.LightningModule):
         self.base_config = model.config.to_dict()
         expansion = self.expander.expand(model)
         expansion.freeze()
+        apply_precision_policy(model, policy)
+        if hp.get("gradient_checkpointing", False):
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable({"use_reentrant": False})
+            else:  # older transformers
+                model.gradient_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False  # no KV cache while training
         self.expansion = expansion
         self.model = expansion.model
+        mesh = getattr(self, "_device_mesh", None)  # set by Lightning's ModelParallelStrategy
+        if mesh is not None:
+            from .precision import shard_fsdp2
+
+            shard_fsdp2(model, mesh["data_parallel"])
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any):
         return self.model(input_ids=input_ids, **kwargs)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
-        out = self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),
-            labels=labels,
-        )
+        with self._autocast():
+            out = self.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch.get("attention_mask"),
+                position_ids=batch.get("position_ids"),
+                labels=labels,
+            )
         n_tokens = (labels[:, 1:] != -100).sum()
         return out.loss, n_tokens
+
+    def _autocast(self):
+        """bf16 autocast under the ``lean`` precision policy (a no-op context otherwise)."""
+        enabled = self.hparams.get("precision_policy", "full") == "lean"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def setup(self, stage: str) -> None:
+        from .precision import check_trainer_precision
+
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            check_trainer_precision(self.hparams.get("precision_policy", "full"), trainer.precision)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, n_tokens = self._loss(batch)

@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
 from .summary import ExpansionSummary
+from .trace import TRACECallback
 
-__all__ = ["ExpansionSummary"]
+__all__ = ["ExpansionSummary", "TRACECallback"]

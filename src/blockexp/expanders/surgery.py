@@ -79,14 +79,6 @@ def _build_layer(old: list[nn.Module], spec: LayerSpec) -> nn.Module:
 
 
 def _update_config(config, plan: Plan, arch: ArchSpec) -> None:
-    for name in arch.per_layer_config_lists:
-        values = getattr(config, name, None)
-        if isinstance(values, (list, tuple)):
-            if len(values) != plan.base_num_layers:
-                raise PlanError(
-                    f"config.{name} has {len(values)} entries but the model has "
-                    f"{plan.base_num_layers} layers."
-                )
-            # A new layer behaves like its first source layer (e.g. same attention type).
-            setattr(config, name, [values[spec.source[0]] for spec in plan.layers])
-    config.num_hidden_layers = plan.num_layers
+    # Per-layer lists (a new layer behaves like its first source layer, e.g. same attention
+    # type), count-style boundaries (Qwen2 max_window_layers) and num_hidden_layers.
+    arch.update_config(config, plan)

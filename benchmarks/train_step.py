@@ -1,0 +1,225 @@
+"""Benchmark: training memory and step time of block expansion, each against a reference run.
+
+    python benchmarks/train_step.py                 # CPU, a ~200M-parameter Llama, LlamaPro +25%
+    python benchmarks/train_step.py --device cuda --hidden 4096 --layers 32 --seq-len 4096
+
+Every configuration runs in a fresh child process (so peak memory is its own) on the same
+expanded model (base ``--layers`` layers, ``LlamaPro(num_groups=layers/4)``: +25% layers, the
+LLaMA Pro 8.3B ratio) and prints:
+
+1. **Precision policy** (memory): ``precision_policy=lean`` (frozen bf16, trainable fp32, bf16
+   autocast) vs Lightning ``bf16-mixed`` with every parameter in fp32 (goal <= 0.65x). Peak memory
+   is ``VmHWM`` on CPU, ``torch.cuda.max_memory_allocated`` on GPU.
+2. **Block expansion vs full fine-tuning** (time): the same expanded model with only the new
+   blocks trainable vs everything trainable, next to the theoretical FLOP ratio: the forward costs
+   ``2N`` per token for every layer; the backward costs ``2N`` (input gradients) for layers at or
+   above the lowest trainable block and ``+2N`` (weight gradients) for trainable layers only.
+3. **Lightning vs bare PyTorch** (time): the same lean block-expansion step in a Lightning
+   ``Trainer`` vs a hand-written loop (forward, backward, clip, AdamW, scheduler; goal <= 1.03x).
+
+Step times are medians over ``--steps`` steps after ``--warmup`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+CHILD = r"""
+import json, sys, time, statistics
+import torch
+cfg = json.loads(sys.argv[1])
+torch.manual_seed(0)
+torch.set_num_threads(cfg["threads"])
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+from blockexp.expanders import LlamaPro
+from blockexp.module import BlockExpansionModule
+
+device = cfg["device"]
+base = dict(model_type="llama", vocab_size=cfg["vocab"], hidden_size=cfg["hidden"],
+            intermediate_size=cfg["inter"], num_hidden_layers=cfg["layers"],
+            num_attention_heads=cfg["heads"], num_key_value_heads=cfg["heads"],
+            max_position_embeddings=cfg["seq_len"], tie_word_embeddings=False)
+expander = LlamaPro(num_groups=cfg["layers"] // 4)
+
+class Blocks(Dataset):
+    def __len__(self):
+        return 10**6
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        ids = torch.randint(0, cfg["vocab"], (cfg["seq_len"],), generator=g)
+        return {"input_ids": ids, "labels": ids.clone()}
+
+def peak():
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+module = BlockExpansionModule(base=base, expander=expander, tokenizer="byte", dtype="float32",
+                              precision_policy=cfg["policy"], validate_before_fit=False,
+                              gradient_checkpointing=cfg["ckpt"])
+if cfg["full_ft"]:
+    # Same expanded model, every parameter trainable (full fine-tuning).
+    module.configure_model()
+    for p in module.model.parameters():
+        p.requires_grad_(True)
+    module.expansion.trainable = frozenset(n for n, _ in module.model.named_parameters())
+
+times = []
+class Timer(L.Callback):
+    def on_train_batch_start(self, *a):
+        if device == "cuda": torch.cuda.synchronize()
+        self.t = time.perf_counter()
+    def on_train_batch_end(self, *a):
+        if device == "cuda": torch.cuda.synchronize()
+        times.append(time.perf_counter() - self.t)
+
+loader = DataLoader(Blocks(), batch_size=cfg["batch"])
+steps = cfg["warmup"] + cfg["steps"]
+if cfg["runner"] == "lightning":
+    trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1,
+                        precision=cfg["precision"], max_steps=steps, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, gradient_clip_val=1.0,
+                        limit_val_batches=0, callbacks=[Timer()])
+    trainer.fit(module, train_dataloaders=loader)
+else:  # bare PyTorch: the same module's model, optimizer and schedule, no Trainer
+    module.configure_model()
+    module.to(device)
+    hp = module.hparams
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]; no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+    from blockexp.module import cosine_with_warmup
+    warm = int(round(hp.warmup_ratio * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, steps, warm))
+    module.model.train()
+    it = iter(loader)
+    autocast = cfg["precision"] == "bf16-mixed" or cfg["policy"] == "lean"
+    for step in range(steps):
+        batch = {k: v.to(device) for k, v in next(it).items()}
+        if device == "cuda": torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            loss = module.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        if device == "cuda": torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+n_params = sum(p.numel() for p in module.model.parameters())
+n_train = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+print(json.dumps({"step": statistics.median(times[cfg["warmup"]:]), "peak": peak(),
+                  "params": n_params, "trainable": n_train}))
+"""
+
+
+def run(cfg: dict, **overrides) -> dict:
+    cfg = {**cfg, **overrides}
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{overrides} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def flop_ratio(layers: int, groups: int) -> float:
+    """Theoretical step cost of block expansion / full fine-tuning (decoder layers only).
+
+    Expanded depth ``E = layers + groups``; new blocks sit at the top of each group, so the lowest
+    trainable block is ``layers/groups`` (0-based, in the expanded model). Per layer and token:
+    forward 2N, input-gradient backward 2N (only from the lowest trainable block up), weight
+    gradient 2N (trainable layers only). Full fine-tuning: 6N per layer.
+    """
+    expanded = layers + groups
+    lowest = layers // groups
+    cost = 2 * expanded + 2 * (expanded - lowest) + 2 * groups
+    return cost / (6 * expanded)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--inter", type=int, default=2816)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: memory,flops,loop")
+    args = parser.parse_args()
+    if args.layers % 4:
+        parser.error("--layers must be a multiple of 4")
+    cfg = dict(
+        device=args.device,
+        hidden=args.hidden,
+        inter=args.inter,
+        heads=args.heads,
+        layers=args.layers,
+        vocab=args.vocab,
+        seq_len=args.seq_len,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
+        policy="full",
+        precision="bf16-mixed",
+        full_ft=False,
+        runner="lightning",
+        ckpt=False,
+    )
+    skip = set(filter(None, args.skip.split(",")))
+    groups = args.layers // 4
+    print(
+        f"model: Llama h={args.hidden} ffn={args.inter} {args.layers} -> {args.layers + groups} "
+        f"layers (LlamaPro num_groups={groups}), batch {args.batch} x {args.seq_len} tokens, "
+        f"{args.device}"
+    )
+    if "memory" not in skip:
+        ref = run(cfg, policy="full", precision="bf16-mixed")
+        lean = run(cfg, policy="lean", precision="32-true")
+        print(
+            f"[1] peak memory, Lightning bf16-mixed all-fp32 (reference): {ref['peak'] / 1e9:.2f} GB"
+            f" ({ref['params'] / 1e6:.0f}M params, {ref['trainable'] / 1e6:.0f}M trainable)"
+        )
+        print(
+            f"    precision_policy=lean: {lean['peak'] / 1e9:.2f} GB -> ratio "
+            f"{lean['peak'] / ref['peak']:.3f} (goal <= 0.65)"
+        )
+    if "flops" not in skip:
+        be = run(cfg, policy="lean", precision="32-true")
+        ft = run(cfg, policy="full", precision="bf16-mixed", full_ft=True)
+        print(
+            f"[2] step time, full fine-tuning (reference): {ft['step'] * 1e3:.0f} ms; block "
+            f"expansion (lean): {be['step'] * 1e3:.0f} ms -> ratio {be['step'] / ft['step']:.3f} "
+            f"(theoretical FLOP ratio {flop_ratio(args.layers, groups):.3f})"
+        )
+    if "loop" not in skip:
+        ratios = []
+        for _ in range(2):
+            bare = run(cfg, policy="lean", precision="32-true", runner="bare")
+            light = run(cfg, policy="lean", precision="32-true", runner="lightning")
+            ratios.append((light["step"], bare["step"]))
+        light_t = statistics.median(r[0] for r in ratios)
+        bare_t = statistics.median(r[1] for r in ratios)
+        print(
+            f"[3] step time, bare PyTorch loop (reference): {bare_t * 1e3:.0f} ms; Lightning: "
+            f"{light_t * 1e3:.0f} ms -> ratio {light_t / bare_t:.3f} (goal <= 1.03)"
+        )
+
+
+if __name__ == "__main__":
+    main()

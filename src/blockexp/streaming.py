@@ -1,0 +1,550 @@
+"""Streaming on-disk expansion of a (sharded) safetensors checkpoint, tensor by tensor.
+
+The in-memory path (load the base, apply the plan, ``save_pretrained``) needs about twice the
+expanded model in RAM. This module writes the same expanded checkpoint while holding at most one
+*chunk* of one tensor in memory (``chunk_bytes``, 16 MiB by default), so peak memory does not grow
+with the model:
+
+1. The base's ``config.json`` is loaded and the model is built on the **meta** device (no
+   memory); the expander is applied to it exactly as in training. This gives the
+   :class:`~blockexp.plan.Plan`, the updated config (``num_hidden_layers``, per-layer config
+   lists such as ``layer_types``), the trainable parameter names and the parameter counts, so the
+   manifest is the one the in-memory path writes.
+2. The safetensors headers of the base (``model.safetensors`` or ``model.safetensors.index.json``
+   and its shards) are parsed; every output tensor gets its source(s) from the plan (decoder-layer
+   tensor names are parsed with :meth:`~blockexp.arch.ArchSpec.split_layer_key`, never by
+   substring), and the output shards are laid out up front (their headers are known before any
+   data is read).
+3. Each output tensor is produced in chunks: ``base``/``copy`` tensors are copied byte for byte
+   (``os.copy_file_range`` when the kernel offers it), residual writers of identity blocks
+   (:meth:`~blockexp.arch.ArchSpec.is_residual_writer_param`) are zeros (skipped over, so they
+   become sparse regions where the file system supports it), and ``mean``
+   tensors are averaged in float32 and cast back, in the same order of operations as
+   :func:`~blockexp.expanders.surgery.average_layers`, so the result is bitwise identical to the
+   in-memory expansion.
+
+Data is read with ordinary file reads (no ``mmap``), so the page cache holding the base does not
+count towards the process's resident memory. The output is a standard Hugging Face directory:
+shards named ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json`` (or one
+``model.safetensors``), ``config.json``, the base's tokenizer files and ``blockexp_manifest.json``,
+written inside :class:`~blockexp.checkpoint.atomic_output_dir`.
+
+Tied embeddings: when the config ties the LM head to the token embedding, only the embedding is
+stored (as ``save_pretrained`` does); an ``lm_head.weight`` present in the base is dropped.
+
+Only strategies that change depth through a plan and nothing else stream (they do not override
+:meth:`~blockexp.expanders.Expander.expand`); :func:`can_stream` says why another one cannot, and
+``blockexp expand`` then falls back to in-memory expansion with that message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arch import get_arch
+from .checkpoint import MANIFEST_NAME, atomic_output_dir, build_manifest, load_config
+from .expanders import Expander
+from .plan import Plan
+
+__all__ = [
+    "SafetensorsEntry",
+    "StreamingError",
+    "TOKENIZER_FILES",
+    "can_stream",
+    "parse_size",
+    "read_safetensors_header",
+    "source_index",
+    "stream_expand",
+    "write_expanded",
+]
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_CHUNK_BYTES = 4 * 2**20
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+
+# safetensors dtype names <-> torch dtypes.
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class StreamingError(ValueError):
+    """The base checkpoint cannot be expanded by streaming."""
+
+
+@dataclass(frozen=True)
+class SafetensorsEntry:
+    """Where one tensor lives in a safetensors file.
+
+    Attributes:
+        file: path of the ``.safetensors`` file.
+        dtype: safetensors dtype name (``BF16``, ``F32``, ...).
+        shape: tensor shape.
+        start: absolute byte offset of the tensor data in ``file``.
+        nbytes: size of the data in bytes.
+    """
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def parse_size(size: str | int) -> int:
+    """``"5GB"``, ``"500MB"``, ``"2GiB"`` or an int -> bytes (GB = 10**9, GiB = 2**30)."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", str(size).upper())
+    if match is None:
+        raise ValueError(f"Cannot parse size '{size}'; use e.g. 5GB, 500MB or a byte count.")
+    number, unit, suffix = match.groups()
+    base = 1024 if suffix == "IB" else 1000
+    return int(float(number) * base ** " KMGT".index(unit or " "))
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, SafetensorsEntry]:
+    """Parse the header of one ``.safetensors`` file (no tensor data is read)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise StreamingError(f"{path} is not a safetensors file (shorter than 8 bytes).")
+        n = int.from_bytes(raw, "little")
+        if n > 100 * 2**20:
+            raise StreamingError(f"{path}: implausible safetensors header size {n}.")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise StreamingError(f"{path}: corrupt safetensors header: {err}") from err
+    data_start = 8 + n
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise StreamingError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}.")
+        begin, end = info["data_offsets"]
+        entries[name] = SafetensorsEntry(
+            path, info["dtype"], tuple(info["shape"]), data_start + begin, end - begin
+        )
+    return entries
+
+
+def source_index(base_dir: str | os.PathLike) -> dict[str, SafetensorsEntry]:
+    """All tensors of a Hugging Face checkpoint directory (single file or sharded with index)."""
+    base_dir = Path(base_dir)
+    index_path = base_dir / INDEX_FILE
+    if index_path.is_file():
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        entries: dict[str, SafetensorsEntry] = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (base_dir / shard).is_file():
+                raise StreamingError(f"{index_path} names {shard}, which does not exist.")
+            entries.update(read_safetensors_header(base_dir / shard))
+        missing = sorted(set(weight_map) - set(entries))
+        if missing:
+            raise StreamingError(f"{index_path}: tensors missing from their shards: {missing[:5]}")
+        return entries
+    if (base_dir / SINGLE_FILE).is_file():
+        return read_safetensors_header(base_dir / SINGLE_FILE)
+    raise StreamingError(
+        f"{base_dir} has neither {SINGLE_FILE} nor {INDEX_FILE}; streaming expansion needs "
+        "safetensors weights (convert .bin checkpoints with save_pretrained first)."
+    )
+
+
+def can_stream(expander: Expander, base: str | os.PathLike) -> str | None:
+    """``None`` if ``expander`` on ``base`` can be streamed, else the reason it cannot.
+
+    Raises:
+        ExpanderConfigError: if the expander does not fit the base depth (a user error either way).
+    """
+    if type(expander).expand is not Expander.expand:
+        return (
+            f"{type(expander).__name__} changes more than the layer stack (it overrides "
+            "Expander.expand), so it is applied in memory"
+        )
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        return f"{base} is not a local directory (hub ids are expanded in memory)"
+    if not ((path / SINGLE_FILE).is_file() or (path / INDEX_FILE).is_file()):
+        return f"{base} has no safetensors weights, so it is expanded in memory"
+    if expander.plan(int(load_config(str(path)).num_hidden_layers)) is None:
+        return (
+            f"{type(expander).__name__} does not change depth (no plan), so it is applied in memory"
+        )
+    return None
+
+
+@dataclass
+class _Output:
+    """One output tensor: its name, dtype and how it is produced."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    sources: list[SafetensorsEntry]
+    op: str  # copy | zero | mean
+    offset: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        n = _DTYPES[self.dtype].itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class _Shard:
+    tensors: list[_Output] = field(default_factory=list)
+    size: int = 0
+
+
+def _target_dtype(entry: SafetensorsEntry, dtype: torch.dtype | None) -> str:
+    if dtype is None or not _DTYPES[entry.dtype].is_floating_point:
+        return entry.dtype
+    return _NAMES[dtype]
+
+
+def _layer_param_names(model: torch.nn.Module, arch) -> set[str]:
+    """Within-layer names of parameters (buffers excluded) of the first decoder layer."""
+    layers = arch.layers(model)
+    return {name for name, _ in layers[0].named_parameters()} if len(layers) else set()
+
+
+def _build_outputs(
+    entries: dict[str, SafetensorsEntry],
+    plan: Plan,
+    arch,
+    layer_params: set[str],
+    drop: set[str],
+    dtype: torch.dtype | None,
+) -> list[_Output]:
+    by_layer: dict[int, dict[str, SafetensorsEntry]] = {}
+    outputs: list[_Output] = []
+    for name, entry in entries.items():
+        parsed = arch.split_layer_key(name)
+        if parsed is None:
+            if name not in drop:
+                outputs.append(
+                    _Output(name, _target_dtype(entry, dtype), entry.shape, [entry], "copy")
+                )
+            continue
+        by_layer.setdefault(parsed[0], {})[parsed[1]] = entry
+    found = sorted(by_layer)
+    if found != list(range(plan.base_num_layers)):
+        raise StreamingError(
+            f"The checkpoint stores decoder layers {found[:3]}...{found[-3:]} under "
+            f"'{arch.layer_prefix}', but config.json says {plan.base_num_layers} layers."
+        )
+    for spec in plan.layers:
+        first = by_layer[spec.source[0]]
+        for rest, entry in first.items():
+            op = "copy"
+            sources = [entry]
+            if spec.zero_out and arch.is_residual_writer_param(rest):
+                op = "zero"
+            elif (
+                spec.init == "mean"
+                and rest in layer_params
+                and _DTYPES[entry.dtype].is_floating_point
+            ):
+                op = "mean"
+                try:
+                    sources = [by_layer[i][rest] for i in spec.source]
+                except KeyError as err:
+                    raise StreamingError(f"Layer {err} has no tensor '{rest}' to average.") from err
+                if len({(s.dtype, s.shape) for s in sources}) != 1:
+                    raise StreamingError(f"Cannot average '{rest}': its shapes or dtypes differ.")
+            name = f"{arch.layer_prefix}{spec.index}.{rest}"
+            outputs.append(_Output(name, _target_dtype(entry, dtype), entry.shape, sources, op))
+    return outputs
+
+
+def _shard(outputs: list[_Output], max_shard_bytes: int) -> list[_Shard]:
+    shards: list[_Shard] = [_Shard()]
+    for out in outputs:
+        if shards[-1].tensors and shards[-1].size + out.nbytes > max_shard_bytes:
+            shards.append(_Shard())
+        shards[-1].tensors.append(out)
+        shards[-1].size += out.nbytes
+    return shards
+
+
+def _header(shard: _Shard) -> bytes:
+    # Like safetensors itself: larger dtypes first (keeps every tensor aligned), then by name.
+    shard.tensors.sort(key=lambda o: (-_DTYPES[o.dtype].itemsize, o.name))
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for out in shard.tensors:
+        out.offset = offset
+        header[out.name] = {
+            "dtype": out.dtype,
+            "shape": list(out.shape),
+            "data_offsets": [offset, offset + out.nbytes],
+        }
+        offset += out.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+class _Reader:
+    """Open-file cache for the base shards (plain reads, no mmap)."""
+
+    def __init__(self) -> None:
+        self.files: dict[Path, Any] = {}
+
+    def fd(self, path: Path) -> int:
+        if path not in self.files:
+            self.files[path] = open(path, "rb", buffering=0)  # noqa: SIM115
+        return self.files[path].fileno()
+
+    def read(self, entry: SafetensorsEntry, offset: int, n: int) -> bytes:
+        data = os.pread(self.fd(entry.file), n, entry.start + offset)
+        if len(data) != n:
+            raise StreamingError(f"{entry.file} is truncated (expected {n} bytes at {offset}).")
+        return data
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def _write_tensor(out: _Output, dst, reader: _Reader, chunk_bytes: int) -> None:
+    src_dtype = _DTYPES[out.sources[0].dtype]
+    dst_dtype = _DTYPES[out.dtype]
+    numel = out.sources[0].numel
+    if out.op == "zero":
+        # Skip ahead instead of writing: the gap reads as zeros (a sparse region on file systems
+        # that support it); the file is extended to its full size when the shard is closed.
+        dst.seek(out.nbytes, os.SEEK_CUR)
+        return
+    src = out.sources[0]
+    if out.op == "copy" and src_dtype == dst_dtype:
+        _copy_range(reader.fd(src.file), src.start, dst, src.nbytes)
+        return
+    step = max(1, chunk_bytes // 4)  # elements per chunk (float32 accumulator)
+    itemsize = src_dtype.itemsize
+    for first in range(0, numel, step):
+        count = min(step, numel - first)
+        views = [
+            torch.frombuffer(
+                bytearray(reader.read(s, first * itemsize, count * itemsize)), dtype=src_dtype
+            )
+            for s in out.sources
+        ]
+        if out.op == "mean":
+            # Same operations as surgery.average_layers: fp32 sum in order, divide, cast back.
+            acc = views[0].to(torch.float32).clone()
+            for other in views[1:]:
+                acc += other.to(torch.float32)
+            result = (acc / len(views)).to(dst_dtype)
+        else:
+            result = views[0].to(dst_dtype)
+        dst.write(result.contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def _copy_range(src_fd: int, offset: int, dst, n: int) -> None:
+    dst.flush()
+    end = dst.tell() + n
+    dst_fd = dst.fileno()
+    copy_range = getattr(os, "copy_file_range", None)
+    left = n
+    if copy_range is not None:
+        try:
+            while left:
+                done = copy_range(src_fd, dst_fd, left, offset + n - left)
+                if done == 0:
+                    raise StreamingError("Unexpected end of file while copying a tensor.")
+                left -= done
+            dst.seek(end, os.SEEK_SET)
+            return
+        except OSError:  # e.g. file systems that refuse it: fall back to plain reads
+            left = n
+            dst.seek(end - n, os.SEEK_SET)
+    while left:
+        data = os.pread(src_fd, min(left, DEFAULT_CHUNK_BYTES), offset + n - left)
+        if not data:
+            raise StreamingError("Unexpected end of file while copying a tensor.")
+        dst.write(data)
+        left -= len(data)
+
+
+def _meta_expansion(base: str, expander: Expander, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(base, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return config, model
+
+
+def write_expanded(
+    base: str | os.PathLike,
+    dest: str | os.PathLike,
+    expander: Expander,
+    dtype: str | torch.dtype | None = "auto",
+    max_shard_size: str | int = "5GB",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    trust_remote_code: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the expanded weights and config of ``base`` into the existing directory ``dest``.
+
+    Not atomic by itself (see :func:`stream_expand`). Tokenizer files are not copied.
+
+    Args:
+        base: local Hugging Face directory with ``config.json`` and safetensors weights.
+        dest: an existing, empty directory.
+        expander: a depth-changing strategy (see :func:`can_stream`).
+        dtype: ``auto`` keeps each tensor's dtype; otherwise floating tensors are cast to it.
+        max_shard_size: largest output shard (``5GB``, ``500MB`` or bytes).
+        chunk_bytes: most bytes of one tensor processed at a time.
+        trust_remote_code: for the config only.
+        progress: called as ``progress(bytes_done, bytes_total)`` after each tensor.
+
+    Returns:
+        The manifest (also written to ``dest/blockexp_manifest.json``).
+    """
+    from .checkpoint import resolve_dtype
+
+    base = str(Path(base).expanduser())
+    dest = Path(dest)
+    reason = can_stream(expander, base)
+    if reason is not None:
+        raise StreamingError(f"Cannot stream: {reason}.")
+    config, model = _meta_expansion(base, expander, trust_remote_code)
+    arch = get_arch(config)
+    base_layers = int(config.num_hidden_layers)
+    base_params = sum(p.numel() for p in model.parameters())
+    layer_params = _layer_param_names(model, arch)
+    expansion = expander.expand(model)
+    plan = expansion.plan
+
+    target = resolve_dtype(dtype)
+    target = target if isinstance(target, torch.dtype) else None
+    entries = source_index(base)
+    drop = set()
+    if getattr(config, "tie_word_embeddings", False):
+        embed = ".".join(arch.embed_path) + ".weight"
+        head = ".".join(arch.lm_head_path) + ".weight"
+        if embed in entries:
+            drop.add(head)
+    outputs = _build_outputs(entries, plan, arch, layer_params, drop, target)
+    shards = _shard(outputs, parse_size(max_shard_size))
+    total = sum(s.size for s in shards)
+    names = (
+        [SINGLE_FILE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    reader = _Reader()
+    done = 0
+    weight_map: dict[str, str] = {}
+    try:
+        for shard, fname in zip(shards, names, strict=True):
+            with open(dest / fname, "wb") as dst:
+                dst.write(_header(shard))
+                for out in shard.tensors:
+                    _write_tensor(out, dst, reader, chunk_bytes)
+                    weight_map[out.name] = fname
+                    done += out.nbytes
+                    if progress is not None:
+                        progress(done, total)
+                dst.truncate(dst.tell())  # materialise trailing zero tensors
+    finally:
+        reader.close()
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (dest / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+    out_config = expansion.model.config
+    if target is not None:
+        out_config.dtype = target
+    else:
+        float_dtypes = {o.dtype for o in outputs if _DTYPES[o.dtype].is_floating_point}
+        if len(float_dtypes) == 1:
+            out_config.dtype = _DTYPES[float_dtypes.pop()]
+    out_config.save_pretrained(dest)
+    manifest = build_manifest(expansion, expander, base, base_layers, base_params)
+    manifest["streamed"] = True
+    (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def stream_expand(
+    base: str | os.PathLike,
+    out: str | os.PathLike,
+    expander: Expander,
+    dtype: str | torch.dtype | None = "auto",
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    trust_remote_code: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Expand a local checkpoint on disk, atomically: weights, config, tokenizer and manifest.
+
+    Peak memory is about ``chunk_bytes`` (times a few for ``mean`` tensors) plus the Python
+    process, whatever the model size. Refuses to write into or over the base directory.
+
+    Returns:
+        The manifest.
+    """
+    base = Path(base).expanduser()
+    with atomic_output_dir(out, protect=[base], overwrite=overwrite) as tmp:
+        manifest = write_expanded(
+            base, tmp, expander, dtype, max_shard_size, chunk_bytes, trust_remote_code, progress
+        )
+        copy_tokenizer_files(base, tmp)
+    return manifest
+
+
+def copy_tokenizer_files(base: Path, dest: Path) -> list[str]:
+    """Copy the tokenizer files of a local base directory; returns the names copied."""
+    import shutil
+
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (base / name).is_file():
+            shutil.copy2(base / name, dest / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,150 @@
+"""Lean precision policy, gradient checkpointing behind a frozen prefix, attention selection."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from blockexp import precision
+from blockexp.expanders import LlamaPro
+from blockexp.module import BlockExpansionModule
+from blockexp.precision import (
+    apply_precision_policy,
+    check_trainer_precision,
+    parameter_bytes,
+    select_attn_implementation,
+)
+from tests.conftest import tiny_llama_dict
+
+
+class RandomBlocks(torch.utils.data.Dataset):
+    def __init__(self, n: int = 16, seq_len: int = 16) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 256, (n, seq_len), generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i].clone()}
+
+
+def _module(**kwargs) -> BlockExpansionModule:
+    return BlockExpansionModule(
+        base=tiny_llama_dict(4),
+        expander=LlamaPro(num_groups=2),
+        tokenizer="byte",
+        lr=1e-2,
+        **kwargs,
+    )
+
+
+def _fit(module: BlockExpansionModule, tmp_path, steps: int = 3, precision: str = "32-true"):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=4))
+    return trainer
+
+
+def test_lean_policy_dtypes_and_training(tmp_path):
+    module = _module(precision_policy="lean")
+    module.configure_model()
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable == set(module.expansion.trainable) and trainable
+    for name, param in module.model.named_parameters():
+        assert param.dtype == (torch.float32 if name in trainable else torch.bfloat16), name
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    trainer = _fit(module, tmp_path)
+    optimizer = trainer.optimizers[0]
+    state_params = list(optimizer.state)
+    assert {id(p) for p in state_params} == {
+        id(p) for p in module.model.parameters() if p.requires_grad
+    }
+    for param in state_params:
+        assert optimizer.state[param]["exp_avg"].dtype == torch.float32
+    for name, param in module.model.named_parameters():
+        changed = not torch.equal(before[name], param.detach())
+        assert changed == (name in trainable) or (name in trainable and "norm" in name), name
+        assert param.dtype == before[name].dtype
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])
+
+
+def test_lean_halves_frozen_bytes():
+    full, lean = _module(), _module(precision_policy="lean")
+    full.configure_model()
+    lean.configure_model()
+    a, b = parameter_bytes(full.model), parameter_bytes(lean.model)
+    assert b["frozen"] * 2 == a["frozen"] and b["trainable"] == a["trainable"]
+
+
+def test_lean_loss_close_to_full_precision():
+    full, lean = _module(), _module(precision_policy="lean")
+    full.configure_model()
+    lean.configure_model()
+    batch = RandomBlocks(n=2)[0]
+    batch = {k: v[None] for k, v in batch.items()}
+    loss_full = full._loss(batch)[0]
+    loss_lean = lean._loss(batch)[0]
+    assert abs(loss_full.item() - loss_lean.item()) < 0.05 * loss_full.item()
+
+
+def test_lean_refuses_true_half_precision(tmp_path):
+    with pytest.raises(ValueError, match="32-true"):
+        _fit(_module(precision_policy="lean"), tmp_path, steps=1, precision="bf16-true")
+    check_trainer_precision("lean", "32-true")
+    check_trainer_precision("lean", "bf16-mixed")
+    check_trainer_precision("full", "bf16-true")
+    with pytest.raises(ValueError, match="Unknown precision_policy"):
+        apply_precision_policy(torch.nn.Linear(2, 2), "tiny")
+
+
+def test_gradient_checkpointing_behind_frozen_prefix():
+    # LlamaPro(2) on 4 layers: layers 0, 1 frozen below the first trainable block (index 2).
+    grads = {}
+    for ckpt in (False, True):
+        module = _module(gradient_checkpointing=ckpt)
+        module.configure_model()
+        module.model.train()
+        flag = getattr(module.model, "is_activation_checkpointing", None)
+        assert flag is None or flag == ckpt
+        with torch.no_grad():  # leave the identity init so every trainable tensor gets a gradient
+            gen = torch.Generator().manual_seed(1)
+            for p in module.model.parameters():
+                if p.requires_grad:
+                    p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        batch = {k: v[None] for k, v in RandomBlocks(n=1)[0].items()}
+        module._loss(batch)[0].backward()
+        grads[ckpt] = {
+            n: p.grad.clone() for n, p in module.model.named_parameters() if p.requires_grad
+        }
+        assert all(p.grad is None for p in module.model.parameters() if not p.requires_grad)
+    assert grads[True].keys() == grads[False].keys()
+    for name, g in grads[False].items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-4, atol=1e-6)
+
+
+def test_attention_auto_selection(monkeypatch):
+    monkeypatch.setattr(precision, "flash_attn_available", lambda: False)
+    assert select_attn_implementation(None) == "sdpa"
+    assert select_attn_implementation("auto") == "sdpa"
+    assert select_attn_implementation("eager") == "eager"
+    with pytest.raises(ValueError, match="flash-attn"):
+        select_attn_implementation("flash_attention_2")
+    monkeypatch.setattr(precision, "flash_attn_available", lambda: True)
+    assert select_attn_implementation(None) == "flash_attention_2"
+    module = _module()
+    monkeypatch.setattr(precision, "flash_attn_available", lambda: False)
+    module.configure_model()
+    assert module.model.config._attn_implementation == "sdpa"
