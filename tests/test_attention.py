@@ -22,17 +22,66 @@ def test_positions_restart_after_eos():
         packed_position_ids(ids[0], EOS)
 
 
-def test_restarted_positions_match_separate_documents_for_the_first_document():
-    # With restarts, the second document's *rotary* positions equal those of a fresh sequence;
-    # under SDPA it still attends to the first document (documented), so only doc A matches.
-    model = load_model(tiny_llama_dict(2), dtype="float32", attn_implementation="sdpa").eval()
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_documents_do_not_attend_across_boundaries(attn):
+    # Restarted position ids and no KV cache (as in training): transformers builds a block-diagonal
+    # causal mask, so each document's logits equal those of the document alone.
+    model = load_model(tiny_llama_dict(2), dtype="float32", attn_implementation=attn).eval()
     doc_a, doc_b = [5, 6, 7, EOS], [8, 9, 10]
     packed = torch.tensor([doc_a + doc_b])
     pos = packed_position_ids(packed, EOS)
     with torch.no_grad():
-        together = model(packed, position_ids=pos).logits
-        alone = model(torch.tensor([doc_a])).logits
-    torch.testing.assert_close(together[:, :4], alone, rtol=1e-5, atol=1e-5)
+        together = model(packed, position_ids=pos, use_cache=False).logits
+        alone_a = model(torch.tensor([doc_a]), use_cache=False).logits
+        alone_b = model(torch.tensor([doc_b]), use_cache=False).logits
+        leaky = model(packed, use_cache=False).logits  # no restarts: doc B sees doc A
+    torch.testing.assert_close(together[:, :4], alone_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(together[:, 4:], alone_b, rtol=1e-5, atol=1e-5)
+    assert (leaky[:, 4:] - alone_b).abs().max() > 1e-3
+
+
+def test_flattened_packed_batch_gives_the_same_loss():
+    from blockexp.precision import flatten_packed_batch
+
+    model = load_model(tiny_llama_dict(2), dtype="float32", attn_implementation="sdpa").eval()
+    ids = torch.tensor([[5, 6, EOS, 7, 8, 9, EOS, 1], [2, EOS, 3, 4, 5, EOS, 6, 7]])
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": packed_position_ids(ids, EOS)}
+    flat = flatten_packed_batch(batch)
+    assert flat["input_ids"].shape == (1, 16) and flat["labels"][0, 8] == -100
+    with torch.no_grad():
+        rows = model(**batch, use_cache=False).loss
+        one = model(**flat, use_cache=False).loss
+    torch.testing.assert_close(rows, one, rtol=1e-5, atol=1e-6)
+
+
+def test_cpt_data_module_emits_document_position_ids(tmp_path):
+    import json
+
+    from blockexp.data import CPTDataModule, DataSource
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": "ab" * (i + 3)}) + "\n" for i in range(40)))
+    data = CPTDataModule(
+        sources=[DataSource(name="d", path=str(path))],
+        seq_len=16,
+        batch_size=4,
+        val_fraction=0.1,
+        cache_dir=str(tmp_path / "cache"),
+        document_masking=True,
+    )
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert torch.equal(batch["position_ids"], packed_position_ids(batch["input_ids"], EOS))
+    assert (batch["position_ids"] == 0).sum() > batch["input_ids"].shape[0]  # restarts inside rows
+    plain = CPTDataModule(
+        sources=[DataSource(name="d", path=str(path))],
+        seq_len=16,
+        batch_size=4,
+        val_fraction=0.1,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    plain.setup("fit")
+    assert "position_ids" not in next(iter(plain.train_dataloader()))
 
 
 def test_sdpa_is_the_cpu_default():

@@ -159,6 +159,10 @@ class BlockExpansionModule(L.LightningModule):
         return self.model(input_ids=input_ids, **kwargs)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "position_ids" in batch and self._uses_flash_attention():
+            from .precision import flatten_packed_batch
+
+            batch = flatten_packed_batch(batch)
         labels = batch["labels"]
         with self._autocast():
             out = self.model(
@@ -169,6 +173,9 @@ class BlockExpansionModule(L.LightningModule):
             )
         n_tokens = (labels[:, 1:] != -100).sum()
         return out.loss, n_tokens
+
+    def _uses_flash_attention(self) -> bool:
+        return getattr(self.model.config, "_attn_implementation", None) == "flash_attention_2"
 
     def _autocast(self):
         """bf16 autocast under the ``lean`` precision policy (a no-op context otherwise)."""

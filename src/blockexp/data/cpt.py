@@ -395,10 +395,15 @@ class PackedBlocks(Dataset):
         blocks: ``int`` array ``[n_blocks, seq_len]``.
         index: Optional row indices into ``blocks`` (repeats allowed), used for
             mixture weighting; defaults to every row once.
+        eos_id: When given, items also carry ``position_ids`` that restart after every EOS
+            (document masking: see :func:`blockexp.precision.packed_position_ids`).
     """
 
-    def __init__(self, blocks: np.ndarray, index: np.ndarray | None = None) -> None:
+    def __init__(
+        self, blocks: np.ndarray, index: np.ndarray | None = None, eos_id: int | None = None
+    ) -> None:
         self.blocks = blocks
+        self.eos_id = eos_id
         self.index = (
             np.arange(len(blocks), dtype=np.int64)
             if index is None
@@ -410,7 +415,12 @@ class PackedBlocks(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(self.blocks[self.index[i]].astype(np.int64))
-        return {"input_ids": ids, "labels": ids.clone()}
+        item = {"input_ids": ids, "labels": ids.clone()}
+        if self.eos_id is not None:
+            from blockexp.precision import packed_position_ids
+
+            item["position_ids"] = packed_position_ids(ids[None], self.eos_id)[0]
+        return item
 
 
 def _rng(seed: int, name: str, purpose: str) -> np.random.Generator:
@@ -444,9 +454,14 @@ class CPTDataModule(L.LightningDataModule):
         cache_dir: ``datasets`` cache directory (default: the ``datasets``
             default cache, usually ``~/.cache/huggingface/datasets``).
         trust_remote_code: Forwarded to the tokenizer loader.
+        document_masking: Also emit ``position_ids`` that restart after every EOS, so that no
+            token attends across a document boundary inside a packed block (transformers builds
+            the block-diagonal mask for SDPA/eager; with flash-attn the module flattens the batch
+            to variable-length attention). Off by default, as in LLaMA Pro's packing.
 
     Batches are ``{"input_ids": LongTensor[B, seq_len], "labels": LongTensor[B, seq_len]}``
-    with ``labels == input_ids`` (the model shifts internally).
+    with ``labels == input_ids`` (the model shifts internally), plus ``position_ids`` with
+    ``document_masking``.
 
     Attributes:
         tokenizer: The loaded tokenizer (available right after ``__init__``).
@@ -473,6 +488,7 @@ class CPTDataModule(L.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
+        document_masking: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(sources, (DataSource, Mapping)) or not sources:
@@ -515,6 +531,7 @@ class CPTDataModule(L.LightningDataModule):
         self.seed = seed
         self.cache_dir = cache_dir
         self.trust_remote_code = trust_remote_code
+        self.document_masking = document_masking
         self.tokenizer_spec = tokenizer
         self.tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         self.save_hyperparameters(
@@ -528,6 +545,7 @@ class CPTDataModule(L.LightningDataModule):
                 "seed": seed,
                 "cache_dir": cache_dir,
                 "trust_remote_code": trust_remote_code,
+                "document_masking": document_masking,
             }
         )
 
@@ -673,8 +691,11 @@ class CPTDataModule(L.LightningDataModule):
                 "val_blocks": int(len(val_blocks)),
             }
 
-        self.train_dataset = PackedBlocks(np.concatenate(train_parts), np.concatenate(train_index))
-        self.val_dataset = PackedBlocks(np.concatenate(val_parts))
+        eos_id = self.tokenizer.eos_token_id if self.document_masking else None
+        self.train_dataset = PackedBlocks(
+            np.concatenate(train_parts), np.concatenate(train_index), eos_id=eos_id
+        )
+        self.val_dataset = PackedBlocks(np.concatenate(val_parts), eos_id=eos_id)
         self._stats = {
             "seq_len": seq_len,
             "train_blocks": len(self.train_dataset),
