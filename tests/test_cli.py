@@ -251,7 +251,75 @@ def test_quickstart_fit_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     main(_quickstart_args(8, "--ckpt_path", str(last)))
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 8
+    # Checkpoints hold only what resuming needs: trainable weights (+ a frozen fingerprint).
     frozen = "model.model.layers.0.self_attn.q_proj.weight"
-    assert torch.equal(ckpt["state_dict"][frozen], resumed["state_dict"][frozen])
+    assert frozen not in ckpt["state_dict"] and ckpt["blockexp"]["frozen_fingerprint"]
     new = "model.model.layers.2.self_attn.q_proj.weight"
     assert not torch.equal(ckpt["state_dict"][new], resumed["state_dict"][new])
+    after = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # re-exported at the end
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(after.state_dict()[name], exported.state_dict()[name])
+
+
+def _fit_from_dir(base_dir, root, steps, save_frozen, ckpt=None):
+    import lightning as L
+
+    from blockexp.data import CPTDataModule, DataSource
+    from blockexp.expanders import LlamaPro
+    from blockexp.module import BlockExpansionModule
+
+    data = CPTDataModule(
+        sources=[DataSource(name="d", path=str(REPO / "data/quickstart/domain.jsonl"))],
+        seq_len=32,
+        batch_size=4,
+        val_fraction=0.0,
+        cache_dir=str(root / "cache"),
+    )
+    module = BlockExpansionModule(
+        base=str(base_dir), expander=LlamaPro(num_groups=2), save_frozen=save_frozen
+    )
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    return module, root / "ckpt" / "last.ckpt"
+
+
+def test_trainable_only_checkpoint_refuses_a_changed_base(tiny_llama, tiny_llama_dir, tmp_path):
+    from blockexp.cli import rebuild_from_checkpoint
+
+    module, last = _fit_from_dir(tiny_llama_dir, tmp_path / "run", 2, save_frozen=False)
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    rebuilt = rebuild_from_checkpoint(state, last)
+    ids = torch.randint(0, 256, (2, 10))
+    module.model.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(ids).logits, module.model(ids).logits)
+    tiny_llama(4, seed=1).save_pretrained(tiny_llama_dir)  # the base changes on disk
+    with pytest.raises(ValueError, match="differ from those the checkpoint was trained on"):
+        rebuild_from_checkpoint(state, last)
+    with pytest.raises(ValueError, match="differ from those the checkpoint was trained on"):
+        _fit_from_dir(tiny_llama_dir, tmp_path / "run", 4, save_frozen=False, ckpt=str(last))
+
+
+def test_save_frozen_makes_checkpoints_self_contained(tiny_llama_dir, tmp_path):
+    import shutil
+
+    from blockexp.cli import rebuild_from_checkpoint
+
+    module, last = _fit_from_dir(tiny_llama_dir, tmp_path / "run", 2, save_frozen=True)
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert "model.model.layers.0.self_attn.q_proj.weight" in state["state_dict"]
+    shutil.rmtree(tiny_llama_dir)  # the base is gone: the checkpoint alone suffices
+    rebuilt = rebuild_from_checkpoint(state, last)
+    ids = torch.randint(0, 256, (2, 10))
+    module.model.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(ids).logits, module.model(ids).logits)

@@ -28,19 +28,22 @@ SCRIPT = textwrap.dedent(
 
     kind, policy, out = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
-    strategy = (
-        DDPStrategy(process_group_backend="gloo") if kind == "ddp"
-        else ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
-                                   save_distributed_checkpoint=False)
-    )
+    def make_strategy():
+        return (
+            DDPStrategy(process_group_backend="gloo") if kind == "ddp"
+            else ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
+                                       save_distributed_checkpoint=False)
+        )
+    strategy = make_strategy()
     module = BlockExpansionModule(base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2),
                                   tokenizer="byte", lr=1e-2, precision_policy=policy)
     ref = BlockExpansionModule(base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2),
                                tokenizer="byte", precision_policy=policy)
     ref.configure_model()
     before = {{n: p.detach().clone() for n, p in ref.model.named_parameters()}}
+    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=out + "/ckpt", save_last=True)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=2,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        logger=False, callbacks=[ckpt_cb], enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=out)
     trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=2))
     result = {{}}
@@ -52,8 +55,19 @@ SCRIPT = textwrap.dedent(
             "dtype": str(full.dtype),
             "sharded": hasattr(p, "full_tensor"),
         }}
+    # Resume from the (trainable-only) checkpoint under the same strategy and train on.
+    resumed = BlockExpansionModule(base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2),
+                                   tokenizer="byte", lr=1e-2, precision_policy=policy)
+    trainer2 = L.Trainer(accelerator="cpu", devices=2, strategy=make_strategy(), max_steps=4,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=out)
+    trainer2.fit(resumed, train_dataloaders=DataLoader(RandomBlocks(), batch_size=2),
+                 ckpt_path=out + "/ckpt/last.ckpt")
     if trainer.is_global_zero:
-        json.dump({{"params": result, "loss": float(trainer.callback_metrics["train_loss"])}},
+        state = torch.load(out + "/ckpt/last.ckpt", map_location="cpu", weights_only=True)
+        keys = [k[len("model."):] for k in state["state_dict"] if k.startswith("model.")]
+        json.dump({{"params": result, "loss": float(trainer.callback_metrics["train_loss"]),
+                    "ckpt_params": keys, "resumed_step": trainer2.global_step}},
                   open(out + "/result.json", "w"))
     """
 )
@@ -79,6 +93,9 @@ def _check(data: dict) -> None:
     assert any(p["trainable"] for p in params.values())
     for name, p in params.items():
         assert p["changed"] == p["trainable"], name
+    # Only what resuming needs is saved: the trainable parameters (plus optimizer/loop state).
+    assert set(data["ckpt_params"]) == {n for n, p in params.items() if p["trainable"]}
+    assert data["resumed_step"] == 4
 
 
 @pytest.mark.slow

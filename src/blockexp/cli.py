@@ -224,27 +224,52 @@ def expand(
 def rebuild_from_checkpoint(state: dict[str, Any], name: str | Path = "checkpoint"):
     """Rebuild the plain ``transformers`` model of a ``blockexp fit`` checkpoint.
 
-    The base architecture is built from the stored base config without initialising its weights
-    (untouched allocations cost no resident memory), the stored expander is applied to it (so the
-    module tree matches training exactly), the trained weights are assigned, and the expander's :meth:`~blockexp.expanders.Expander.export_model` gives the
-    model to save.
+    Self-contained checkpoints (``save_frozen=true``): the base architecture is built from the
+    stored base config without initialising its weights (untouched allocations cost no resident
+    memory), the stored expander is applied (so the module tree matches training exactly) and all
+    weights are assigned. Trainable-only checkpoints (the default): the base is loaded from its
+    spec as in training, checked against the stored fingerprint of the frozen weights, expanded,
+    and the trained parameters are assigned. The expander's
+    :meth:`~blockexp.expanders.Expander.export_model` then gives the model to save.
     """
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    from .checkpoint import _config_from_dict
+    from .checkpoint import _config_from_dict, describe_spec, load_model
     from .expanders import build_expander
+    from .module import check_fingerprint
+    from .precision import apply_precision_policy
 
     info = state["blockexp"]
     expander = build_expander(info["manifest"]["expander"])
-    config = _config_from_dict(info["base_config"])
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config)
-    expansion = expander.expand(model)
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    fingerprint = info.get("frozen_fingerprint")
+    if fingerprint is None:
+        config = _config_from_dict(info["base_config"])
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        expansion = expander.expand(model)
+    else:
+        hp = state.get("hyper_parameters", {})
+        policy = hp.get("precision_policy", "full")
+        model = load_model(
+            hp["base"],
+            dtype="bfloat16" if policy == "lean" else hp.get("dtype", "float32"),
+            trust_remote_code=hp.get("trust_remote_code", False),
+            seed=hp.get("seed", 0),
+        )
+        expansion = expander.expand(model)
+        expansion.freeze()
+        apply_precision_policy(expansion.model, policy)
+        check_fingerprint(expansion.model, fingerprint, describe_spec(hp["base"]))
+        missing = sorted(n for n in expansion.trainable if n not in weights)
+        if missing:
+            raise ValueError(
+                f"{name}: trainable parameters missing from the checkpoint: {missing[:3]}"
+            )
     try:
-        expansion.model.load_state_dict(weights, strict=True, assign=True)
+        expansion.model.load_state_dict(weights, strict=fingerprint is None, assign=True)
     except RuntimeError as err:
         raise ValueError(f"{name}: weights do not match the stored model: {err}") from err
     expansion.model.tie_weights()

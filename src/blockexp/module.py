@@ -34,6 +34,42 @@ def resolve_tokenizer_spec(tokenizer: str | None, base: ModelSpec) -> str:
     return base
 
 
+def _checksum(tensor: torch.Tensor) -> tuple[float, float]:
+    tensor = tensor.detach()
+    if hasattr(tensor, "full_tensor"):  # DTensor under FSDP2
+        tensor = tensor.full_tensor()
+    tensor = tensor.double()
+    return float(tensor.sum()), float(tensor.abs().sum())
+
+
+def frozen_fingerprint(model: torch.nn.Module, trainable: frozenset[str], count: int = 8) -> dict:
+    """Checksums (sum, sum of absolute values) of up to ``count`` frozen tensors, evenly spread.
+
+    Stored in trainable-only checkpoints so that resuming from a base whose weights changed fails
+    loudly instead of silently training on different frozen weights.
+    """
+    params = dict(model.named_parameters())
+    frozen = sorted(name for name in params if name not in trainable)
+    step = max(1, len(frozen) // count)
+    return {name: list(_checksum(params[name])) for name in frozen[::step][:count]}
+
+
+def check_fingerprint(model: torch.nn.Module, expected: dict, base: str) -> None:
+    """Raise if the frozen weights of ``model`` do not match a :func:`frozen_fingerprint`."""
+    params = dict(model.named_parameters())
+    for name, (total, absolute) in expected.items():
+        if name not in params:
+            raise ValueError(f"The checkpoint's frozen parameter {name} is not in the model.")
+        got_total, got_absolute = _checksum(params[name])
+        tol = 1e-6 * max(1.0, abs(absolute))
+        if abs(got_total - total) > tol or abs(got_absolute - absolute) > tol:
+            raise ValueError(
+                f"The frozen weights of base '{base}' differ from those the checkpoint was trained "
+                f"on ({name}). Resume with the same base, or train with save_frozen=true to make "
+                "checkpoints self-contained."
+            )
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
     """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio``."""
     if step < warmup:
@@ -77,6 +113,11 @@ class BlockExpansionModule(L.LightningModule):
             ``bf16-mixed``). With ``lean`` the base is loaded directly in bf16.
         gradient_checkpointing: recompute decoder-layer activations in the backward pass
             (non-reentrant, so it also works when the layers below are frozen).
+        save_frozen: also store the frozen parameters in training checkpoints. By default a
+            checkpoint holds only what resuming needs (trainable parameters, optimizer and loop
+            state) plus a fingerprint of the frozen weights; resuming and ``blockexp export``
+            reload the frozen weights from ``base`` and refuse a base whose weights changed.
+            Set it when the base may move or disappear.
     """
 
     def __init__(
@@ -99,6 +140,7 @@ class BlockExpansionModule(L.LightningModule):
         validate_before_fit: bool = True,
         precision_policy: Literal["full", "lean"] = "full",
         gradient_checkpointing: bool = False,
+        save_frozen: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(expander, dict | str):
@@ -117,6 +159,9 @@ class BlockExpansionModule(L.LightningModule):
         self.base_config: dict[str, Any] = {}
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # token-weighted loss sum, tokens
         self.val_history: list[dict[str, float]] = []
+        # Trainable-only checkpoints lack the frozen weights (they come from `base`); which keys
+        # must be present is checked in on_load_checkpoint.
+        self.strict_loading = bool(save_frozen)
 
     # -- model ----------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -245,11 +290,38 @@ class BlockExpansionModule(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["blockexp"] = {
+        info = {
             "base_config": self.base_config,
             "manifest": self.manifest(),
             "tokenizer": self.tokenizer_spec(),
         }
+        if not self.hparams.get("save_frozen", True):
+            keep = {"model." + name for name in self.expansion.trainable}
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith("model.") and k not in keep]:
+                del state[key]
+            info["frozen_fingerprint"] = frozen_fingerprint(self.model, self.expansion.trainable)
+        checkpoint["blockexp"] = info
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("blockexp", {})
+        expected = info.get("frozen_fingerprint")
+        if expected is None:
+            return
+        # Trainable-only checkpoint: the frozen weights come from `base` (configure_model).
+        # Some strategies (ModelParallelStrategy) load the weights before this hook and pop them.
+        state = checkpoint.get("state_dict")
+        missing = sorted(
+            name
+            for name in self.expansion.trainable
+            if state is not None and "model." + name not in state
+        )
+        if missing:
+            raise ValueError(
+                f"The checkpoint lacks {len(missing)} trainable parameters (e.g. {missing[:3]}); "
+                "was it written with another expander?"
+            )
+        check_fingerprint(self.model, expected, describe_spec(self.hparams.base))
 
     def tokenizer_spec(self) -> str | None:
         try:
