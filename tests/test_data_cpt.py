@@ -397,7 +397,7 @@ def test_malformed_jsonl_reports_file_and_line(tmp_path, content, pattern):
 
 def test_malformed_json_list(tmp_path):
     (tmp_path / "bad.json").write_text('[{"text": "ok"},\n {"txt": "x"}]')
-    with pytest.raises(DataError, match=r"bad\.json: record 2: record has no 'text' field"):
+    with pytest.raises(DataError, match=r"bad\.json:2: line 2: record has no 'text' field"):
         make_dm(tmp_path, [DataSource("bad", str(tmp_path / "bad.json"))]).setup("fit")
     (tmp_path / "bad2.json").write_text('[{"text": "ok"},\n\n {"text": "x",}]')
     with pytest.raises(DataError, match=r"bad2\.json:3: invalid JSON"):

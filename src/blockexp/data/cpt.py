@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from blockexp.tokenization import load_tokenizer
 
 from .loader import ResumableDataLoader
+from .records import DataError, iter_json_records
 
 __all__ = ["CPTDataModule", "DataError", "DataSource", "PackedBlocks", "infer_format"]
 
@@ -63,10 +64,6 @@ _MAP_VERSION = "cpt-tokenize-v1"
 
 _FORMAT_BY_SUFFIX = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 _FORMATS = ("json", "parquet", "text")
-
-
-class DataError(ValueError):
-    """Raised for invalid data sources or data-module settings."""
 
 
 def infer_format(path: str | Path) -> str:
@@ -185,44 +182,9 @@ def _check_record(record: Any, source: DataSource, where: str) -> bool:
 
 def _validate_json(source: DataSource, path: Path) -> int:
     """Validate a JSON Lines file (or a JSON list of records); return the document count."""
-    with open(path, "rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
     n_docs = 0
-    if head.startswith(b"["):  # a single JSON array of records
-        try:
-            records = json.loads(path.read_bytes().decode("utf-8-sig"))
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}: not valid UTF-8 ({err}) in {_describe(source)}") from None
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f"{path}:{err.lineno}: invalid JSON ({err.msg}, column {err.colno})"
-            ) from None
-        if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON list of records")
-        for i, record in enumerate(records, start=1):
-            n_docs += _check_record(record, source, f"{path}: record {i}")
-        return n_docs
-
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1:
-                raw = raw.lstrip(b"\xef\xbb\xbf")
-            if not raw.strip():
-                continue  # blank lines are skipped
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{path}:{lineno}: line {lineno} is not valid UTF-8 ({err.reason})"
-                ) from None
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    f"{path}:{lineno}: malformed JSON on line {lineno} ({err.msg}, column {err.colno}); "
-                    "each line of a .jsonl file must be one complete JSON object"
-                ) from None
-            n_docs += _check_record(record, source, f"{path}:{lineno}: line {lineno}")
+    for line, record in iter_json_records(path):
+        n_docs += _check_record(record, source, f"{path}:{line}: line {line}")
     return n_docs
 
 

@@ -29,14 +29,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from blockexp.data.cpt import DataError
+from blockexp.data.records import DataError, iter_json_records
 from blockexp.data.sft import (
     IGNORE_INDEX,
     SFTDataset,
     _Collator,
     chat_template_for,
     encode_conversation,
-    iter_json_records,
 )
 from blockexp.metrics.text import METRICS, TRACE_TASK_METRICS
 from blockexp.tokenization import load_tokenizer
