@@ -192,6 +192,7 @@ class BlockExpansionModule(L.LightningModule):
             else:  # older transformers
                 model.gradient_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False  # no KV cache while training
+        model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found
         self.expansion = expansion
         self.model = expansion.model
         mesh = getattr(self, "_device_mesh", None)  # set by Lightning's ModelParallelStrategy
