@@ -133,9 +133,21 @@ def test_export_matches_trained_module_and_protects_outputs(corpus, tmp_path):
     assert not list(tmp_path.glob(".exported.tmp-*"))  # nothing half-written left behind
 
 
-def test_tokenizer_required_for_inline_config():
+def test_default_tokenizer_spec():
     from blockexp.module import resolve_tokenizer_spec
 
-    with pytest.raises(ValueError, match="model.tokenizer is required"):
-        resolve_tokenizer_spec(None, tiny_llama_dict(2))
+    assert resolve_tokenizer_spec(None, tiny_llama_dict(2)) == "byte"
+    with pytest.raises(ValueError, match="vocab_size=100, too small for the built-in byte"):
+        resolve_tokenizer_spec(None, tiny_llama_dict(2, vocab_size=100))
     assert resolve_tokenizer_spec(None, "some/dir") == "some/dir"
+    assert resolve_tokenizer_spec("byte", "some/dir") == "byte"
+
+
+def test_tokenizer_larger_than_the_vocabulary_is_refused(corpus, tmp_path):
+    module = BlockExpansionModule(
+        base=tiny_llama_dict(2, vocab_size=200, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        expander=LlamaPro(num_groups=1),
+        tokenizer="byte",
+    )
+    with pytest.raises(ValueError, match="tokenizer has 259 ids but the model's embedding has 200"):
+        _trainer(tmp_path, steps=1).fit(module, datamodule=_data(corpus, tmp_path))

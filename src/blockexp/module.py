@@ -23,14 +23,25 @@ __all__ = ["BlockExpansionModule", "cosine_with_warmup", "resolve_tokenizer_spec
 
 
 def resolve_tokenizer_spec(tokenizer: str | None, base: ModelSpec) -> str:
-    """The tokenizer to use: ``tokenizer`` if given, else the base model's own."""
+    """The tokenizer to use: ``tokenizer`` if given, else the base model's own.
+
+    An inline config (a random model, no files) has no tokenizer of its own: it gets the built-in
+    byte-level tokenizer (``byte``), which needs ``vocab_size >= 259``. So switching a config from
+    an inline tiny model to a real one is a one-line change of ``model.base``.
+    """
     if tokenizer:
         return tokenizer
     if isinstance(base, dict):
-        raise ValueError(
-            "model.tokenizer is required when the base model is an inline config: set it to "
-            "'byte' (built-in byte-level tokenizer) or a tokenizer directory / hub id."
-        )
+        from .tokenization import BYTE_VOCAB_SIZE
+
+        vocab = base.get("vocab_size")
+        if vocab is not None and vocab < BYTE_VOCAB_SIZE:
+            raise ValueError(
+                f"The inline base config has vocab_size={vocab}, too small for the built-in byte "
+                f"tokenizer ({BYTE_VOCAB_SIZE} ids): set model.tokenizer to a tokenizer directory "
+                f"or hub id, or vocab_size >= {BYTE_VOCAB_SIZE}."
+            )
+        return "byte"
     return base
 
 
@@ -89,7 +100,8 @@ class BlockExpansionModule(L.LightningModule):
         base: the base model: a local directory, a hub id, or an inline config dict with
             ``model_type`` (random weights, for tests and the quickstart).
         expander: the strategy (e.g. ``LlamaPro``) applied in :meth:`configure_model`.
-        tokenizer: tokenizer spec (directory, hub id or ``byte``); default: the base's own.
+        tokenizer: tokenizer spec (directory, hub id or ``byte``); default: the base's own
+            (``byte`` for an inline config).
         dtype: dtype the base model is loaded in (``float32`` keeps fp32 master weights for
             mixed-precision training; ``auto`` keeps the checkpoint's dtype).
         lr: peak learning rate.
@@ -149,9 +161,11 @@ class BlockExpansionModule(L.LightningModule):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}.")
-        self.save_hyperparameters(ignore=["expander"])
+        self.save_hyperparameters(ignore=["expander", "tokenizer"])
         # Stored as plain data so checkpoints load with torch.load(weights_only=True).
         self.hparams["expander"] = expander.config()
+        # The resolved spec (the data module's copy is what loggers record).
+        self.hparams["tokenizer"] = resolve_tokenizer_spec(tokenizer, base)
         self.expander = expander
         self.model: torch.nn.Module | None = None
         self.expansion = None
@@ -191,6 +205,7 @@ class BlockExpansionModule(L.LightningModule):
                 model.activation_checkpointing_enable({"use_reentrant": False})
             else:  # older transformers
                 model.gradient_checkpointing_enable({"use_reentrant": False})
+        self._check_vocab(model)
         model.config.use_cache = False  # no KV cache while training
         model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found
         self.expansion = expansion
@@ -200,6 +215,20 @@ class BlockExpansionModule(L.LightningModule):
             from .precision import shard_fsdp2
 
             shard_fsdp2(model, mesh["data_parallel"])
+
+    def _check_vocab(self, model: torch.nn.Module) -> None:
+        """Refuse a tokenizer with more ids than the model's embedding has rows."""
+        trainer = getattr(self, "_trainer", None)
+        tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
+        if tokenizer is None:
+            return
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} ids but the model's embedding has {rows} rows: "
+                "they do not belong together. Use the base model's own tokenizer (leave "
+                "model.tokenizer unset) or a base with a matching vocabulary."
+            )
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any):
         return self.model(input_ids=input_ids, **kwargs)
