@@ -127,11 +127,13 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     if isinstance(spec, dict):
         config = _config_from_dict(spec)
+        if isinstance(torch_dtype, torch.dtype):
+            # Built in that dtype (not cast afterwards), so that buffers such as the rotary
+            # frequencies keep the precision transformers gives them.
+            kwargs["dtype"] = torch_dtype
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, **kwargs)
-        if isinstance(torch_dtype, torch.dtype):
-            model = model.to(torch_dtype)
         return model
     path = _check_local(spec)
     if path is not None and not (path / "config.json").is_file():
