@@ -452,8 +452,6 @@ def test_synthetic_data_is_deterministic(tmp_path):
 
 def test_committed_quickstart_data_matches_generator(tmp_path):
     repo_dir = Path(__file__).resolve().parents[1] / "data" / "quickstart"
-    if not (repo_dir / "general.jsonl").exists():
-        pytest.skip("data/quickstart not generated")
     fresh = write_quickstart_data(tmp_path)
     for path in fresh.values():
         committed = (repo_dir / path.name).read_bytes()
