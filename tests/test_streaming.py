@@ -79,8 +79,21 @@ def _expand(base: Path, out: Path, expander: str, *args: str) -> None:
         (torch.bfloat16, True, LlamaPro(num_groups=2)),
         (torch.bfloat16, False, MeanBetween()),
         (torch.float16, True, MeanNoZero()),
+        (
+            torch.float32,
+            False,
+            LlamaPro(2, train_embeddings=True, train_lm_head=True, train_norms=True),
+        ),
+        (torch.float32, True, LlamaPro(2, train_lm_head=True, train_norms=True)),
     ],
-    ids=["fp32-llamapro", "bf16-tied-llamapro", "bf16-mean", "fp16-tied-mean-nozero"],
+    ids=[
+        "fp32-llamapro",
+        "bf16-tied-llamapro",
+        "bf16-mean",
+        "fp16-tied-mean-nozero",
+        "fp32-train-all-extras",
+        "fp32-tied-train-head-norms",
+    ],
 )
 def test_streaming_equals_in_memory(tiny_llama, tmp_path, dtype, tied, expander):
     base = _save_base(tiny_llama, tmp_path / "base", dtype, tie_word_embeddings=tied)
@@ -123,7 +136,15 @@ def test_streaming_equals_in_memory(tiny_llama, tmp_path, dtype, tied, expander)
         assert cfg.get(key) == ref_cfg.get(key), key
     want = build_manifest(expansion, expander, str(base), 4, n_base)
     got_manifest = json.loads((streamed / MANIFEST_NAME).read_text())
-    for key in ("plan", "trainable_parameters", "total_params", "trainable_params", "new_layers"):
+    for key in (
+        "plan",
+        "trainable_parameters",
+        "total_params",
+        "trainable_params",
+        "new_layers",
+        "base_params",
+        "num_layers",
+    ):
         assert got_manifest[key] == want[key], key
     assert (streamed / "tokenizer.json").is_file()
 
@@ -236,3 +257,13 @@ def test_peak_memory_does_not_grow_with_the_model(tmp_path):
         f"base {size / 1e6:.0f} MB, before {numbers['before'] / 1e6:.0f} MB, growth {growth / 1e6:.1f} MB"
     )
     assert growth < 64e6, f"peak RSS grew by {growth / 1e6:.1f} MB for a {size / 1e6:.0f} MB base"
+
+
+def test_expanders_that_choose_their_own_trainable_set_are_not_streamed(tiny_llama, tmp_path):
+    class HeadToo(LlamaPro):
+        def trainable_modules(self, model, plan, arch):
+            return super().trainable_modules(model, plan, arch) + [arch.lm_head(model)]
+
+    base = _save_base(tiny_llama, tmp_path / "base")
+    assert can_stream(LlamaPro(num_groups=2), base) is None
+    assert "overrides Expander.trainable_modules" in can_stream(HeadToo(num_groups=2), base)

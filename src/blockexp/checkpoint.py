@@ -15,12 +15,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig
 
 from . import __version__
+
+if TYPE_CHECKING:  # the modelling stack is imported only where a model is built
+    from transformers import PreTrainedModel
 
 __all__ = [
     "MANIFEST_NAME",
@@ -28,6 +31,7 @@ __all__ = [
     "OutputExistsError",
     "atomic_output_dir",
     "build_manifest",
+    "manifest_dict",
     "describe_spec",
     "load_config",
     "load_model",
@@ -121,6 +125,8 @@ def load_model(
         seed: initialisation seed for inline configs (random weights).
         attn_implementation: e.g. ``"sdpa"`` or ``"flash_attention_2"``; default: transformers'.
     """
+    from transformers import AutoModelForCausalLM
+
     torch_dtype = resolve_dtype(dtype)
     kwargs: dict[str, Any] = {}
     if attn_implementation:
@@ -229,19 +235,46 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The JSON manifest written next to every expanded checkpoint."""
     total, trainable = expansion.parameter_counts()
+    return manifest_dict(
+        expander,
+        base,
+        base_num_layers,
+        base_params,
+        num_layers=expansion.model.config.num_hidden_layers,
+        total_params=total,
+        trainable_params=trainable,
+        plan=expansion.plan,
+        trainable_names=expansion.trainable,
+        extra=expansion.extra,
+    )
+
+
+def manifest_dict(
+    expander,
+    base: ModelSpec,
+    base_num_layers: int,
+    base_params: int,
+    num_layers: int,
+    total_params: int,
+    trainable_params: int,
+    plan,
+    trainable_names,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest from its parts (used where no model object exists, e.g. streaming)."""
     return {
         "blockexp_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "base": describe_spec(base),
         "base_num_layers": base_num_layers,
         "base_params": base_params,
-        "num_layers": expansion.model.config.num_hidden_layers,
-        "total_params": total,
-        "trainable_params": trainable,
+        "num_layers": num_layers,
+        "total_params": total_params,
+        "trainable_params": trainable_params,
         "expander": expander.config(),
-        "new_layers": expansion.plan.new_layers if expansion.plan else [],
-        "trainable_layers": expansion.plan.trainable_layers if expansion.plan else [],
-        "trainable_parameters": sorted(expansion.trainable),
-        "plan": expansion.plan.to_dict() if expansion.plan else None,
-        **({"extra": expansion.extra} if expansion.extra else {}),
+        "new_layers": plan.new_layers if plan else [],
+        "trainable_layers": plan.trainable_layers if plan else [],
+        "trainable_parameters": sorted(trainable_names),
+        "plan": plan.to_dict() if plan else None,
+        **({"extra": extra} if extra else {}),
     }

@@ -5,11 +5,12 @@ expanded model in RAM. This module writes the same expanded checkpoint while hol
 *chunk* of one tensor in memory (``chunk_bytes``, 16 MiB by default), so peak memory does not grow
 with the model:
 
-1. The base's ``config.json`` is loaded and the model is built on the **meta** device (no
-   memory); the expander is applied to it exactly as in training. This gives the
-   :class:`~blockexp.plan.Plan`, the updated config (``num_hidden_layers``, per-layer config
-   lists such as ``layer_types``), the trainable parameter names and the parameter counts, so the
-   manifest is the one the in-memory path writes.
+1. The base's ``config.json`` is read as plain JSON (no model is built and the transformers
+   modelling stack is not imported). The expander's :class:`~blockexp.plan.Plan` and the
+   architecture's :meth:`~blockexp.arch.ArchSpec.update_config` give the new config
+   (``num_hidden_layers``, per-layer lists such as ``layer_types``; every other field is kept as
+   written); the trainable parameter names and the parameter counts come from the plan and the
+   safetensors headers, so the manifest is the one the in-memory path writes (tested).
 2. The safetensors headers of the base (``model.safetensors`` or ``model.safetensors.index.json``
    and its shards) are parsed; every output tensor gets its source(s) from the plan (decoder-layer
    tensor names are parsed with :meth:`~blockexp.arch.ArchSpec.split_layer_key`, never by
@@ -39,18 +40,21 @@ Only strategies that change depth through a plan and nothing else stream (they d
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from .arch import get_arch
-from .checkpoint import MANIFEST_NAME, atomic_output_dir, build_manifest, load_config
+from .checkpoint import MANIFEST_NAME, atomic_output_dir, manifest_dict
 from .expanders import Expander
 from .plan import Plan
 
@@ -189,12 +193,32 @@ def source_index(base_dir: str | os.PathLike) -> dict[str, SafetensorsEntry]:
     )
 
 
+def _read_config(base: str | os.PathLike) -> SimpleNamespace:
+    """``config.json`` as an attribute namespace (the fields exactly as written)."""
+    path = Path(base) / "config.json"
+    if not path.is_file():
+        raise StreamingError(f"{base} has no config.json; is it a Hugging Face model directory?")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StreamingError(f"{path} is not valid JSON: {err}") from err
+    for key in ("model_type", "num_hidden_layers"):
+        if key not in data:
+            raise StreamingError(f"{path} has no '{key}'.")
+    return SimpleNamespace(**data)
+
+
 def can_stream(expander: Expander, base: str | os.PathLike) -> str | None:
     """``None`` if ``expander`` on ``base`` can be streamed, else the reason it cannot.
 
     Raises:
         ExpanderConfigError: if the expander does not fit the base depth (a user error either way).
     """
+    if type(expander).trainable_modules is not Expander.trainable_modules:
+        return (
+            f"{type(expander).__name__} chooses its trainable modules itself (it overrides "
+            "Expander.trainable_modules), so it is applied in memory"
+        )
     if type(expander).expand is not Expander.expand:
         return (
             f"{type(expander).__name__} changes more than the layer stack (it overrides "
@@ -205,7 +229,7 @@ def can_stream(expander: Expander, base: str | os.PathLike) -> str | None:
         return f"{base} is not a local directory (hub ids are expanded in memory)"
     if not ((path / SINGLE_FILE).is_file() or (path / INDEX_FILE).is_file()):
         return f"{base} has no safetensors weights, so it is expanded in memory"
-    if expander.plan(int(load_config(str(path)).num_hidden_layers)) is None:
+    if expander.plan(int(_read_config(path).num_hidden_layers)) is None:
         return (
             f"{type(expander).__name__} does not change depth (no plan), so it is applied in memory"
         )
@@ -243,17 +267,10 @@ def _target_dtype(entry: SafetensorsEntry, dtype: torch.dtype | None) -> str:
     return _NAMES[dtype]
 
 
-def _layer_param_names(model: torch.nn.Module, arch) -> set[str]:
-    """Within-layer names of parameters (buffers excluded) of the first decoder layer."""
-    layers = arch.layers(model)
-    return {name for name, _ in layers[0].named_parameters()} if len(layers) else set()
-
-
 def _build_outputs(
     entries: dict[str, SafetensorsEntry],
     plan: Plan,
     arch,
-    layer_params: set[str],
     drop: set[str],
     dtype: torch.dtype | None,
 ) -> list[_Output]:
@@ -281,11 +298,7 @@ def _build_outputs(
             sources = [entry]
             if spec.zero_out and arch.is_residual_writer_param(rest):
                 op = "zero"
-            elif (
-                spec.init == "mean"
-                and rest in layer_params
-                and _DTYPES[entry.dtype].is_floating_point
-            ):
+            elif spec.init == "mean" and _DTYPES[entry.dtype].is_floating_point:
                 op = "mean"
                 try:
                     sources = [by_layer[i][rest] for i in spec.source]
@@ -408,13 +421,34 @@ def _copy_range(src_fd: int, offset: int, dst, n: int) -> None:
         left -= len(data)
 
 
-def _meta_expansion(base: str, expander: Expander, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM
+def _trainable_names(
+    expander: Expander, plan: Plan, arch, outputs: list[_Output], tied: bool
+) -> set[str]:
+    """The trainable parameter names, read from the plan and the ``train_*`` options.
 
-    config = load_config(base, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return config, model
+    The tensor-name counterpart of :meth:`Expander.trainable_modules` (module paths from the
+    :class:`~blockexp.arch.ArchSpec`); :func:`can_stream` refuses expanders that override that
+    method, and the tests check both give the same set.
+    """
+    trainable_layers = set(plan.trainable_layers)
+    embed = ".".join(arch.embed_path)
+    modules = {".".join(arch.final_norm_path)} if expander.train_norms else set()
+    if expander.train_embeddings or (expander.train_lm_head and tied):
+        modules.add(embed)
+    if expander.train_lm_head and not tied:
+        modules.add(".".join(arch.lm_head_path))
+    names = set()
+    for out in outputs:
+        parsed = arch.split_layer_key(out.name)
+        module = out.name.rpartition(".")[0]
+        if parsed is None:
+            if module in modules:
+                names.add(out.name)
+        elif parsed[0] in trainable_layers or (
+            expander.train_norms and parsed[1].rpartition(".")[0] in arch.layer_norms
+        ):
+            names.add(out.name)
+    return names
 
 
 def write_expanded(
@@ -438,7 +472,8 @@ def write_expanded(
         dtype: ``auto`` keeps each tensor's dtype; otherwise floating tensors are cast to it.
         max_shard_size: largest output shard (``5GB``, ``500MB`` or bytes).
         chunk_bytes: most bytes of one tensor processed at a time.
-        trust_remote_code: for the config only.
+        trust_remote_code: unused here (config.json is read as plain JSON); kept so the
+            signature matches the in-memory path.
         progress: called as ``progress(bytes_done, bytes_total)`` after each tensor.
 
     Returns:
@@ -451,13 +486,12 @@ def write_expanded(
     reason = can_stream(expander, base)
     if reason is not None:
         raise StreamingError(f"Cannot stream: {reason}.")
-    config, model = _meta_expansion(base, expander, trust_remote_code)
-    arch = get_arch(config)
+    # No model object is built (not even on the meta device): the plan, the config and the
+    # manifest come from config.json and the safetensors headers alone.
+    config = _read_config(base)
+    arch = get_arch(config.model_type)
     base_layers = int(config.num_hidden_layers)
-    base_params = sum(p.numel() for p in model.parameters())
-    layer_params = _layer_param_names(model, arch)
-    expansion = expander.expand(model)
-    plan = expansion.plan
+    plan = expander.plan(base_layers)
 
     target = resolve_dtype(dtype)
     target = target if isinstance(target, torch.dtype) else None
@@ -468,7 +502,7 @@ def write_expanded(
         head = ".".join(arch.lm_head_path) + ".weight"
         if embed in entries:
             drop.add(head)
-    outputs = _build_outputs(entries, plan, arch, layer_params, drop, target)
+    outputs = _build_outputs(entries, plan, arch, drop, target)
     shards = _shard(outputs, parse_size(max_shard_size))
     total = sum(s.size for s in shards)
     names = (
@@ -496,15 +530,32 @@ def write_expanded(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (dest / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
-    out_config = expansion.model.config
-    if target is not None:
-        out_config.dtype = target
-    else:
+    out_config = copy.deepcopy(config)
+    arch.update_config(out_config, plan)
+    out_dtype = target
+    if out_dtype is None:
         float_dtypes = {o.dtype for o in outputs if _DTYPES[o.dtype].is_floating_point}
-        if len(float_dtypes) == 1:
-            out_config.dtype = _DTYPES[float_dtypes.pop()]
-    out_config.save_pretrained(dest)
-    manifest = build_manifest(expansion, expander, base, base_layers, base_params)
+        out_dtype = _DTYPES[float_dtypes.pop()] if len(float_dtypes) == 1 else None
+    if out_dtype is not None:
+        out_config.dtype = str(out_dtype).removeprefix("torch.")
+        if hasattr(out_config, "torch_dtype"):  # older configs name the field torch_dtype
+            out_config.torch_dtype = out_config.dtype
+    (dest / "config.json").write_text(json.dumps(vars(out_config), indent=2, sort_keys=True) + "\n")
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    trainable = _trainable_names(expander, plan, arch, outputs, tied)
+    base_params = sum(math.prod(e.shape) for name, e in entries.items() if name not in drop)
+    numel = {out.name: math.prod(out.shape) for out in outputs}
+    manifest = manifest_dict(
+        expander,
+        base,
+        base_layers,
+        base_params,
+        num_layers=plan.num_layers,
+        total_params=sum(numel.values()),
+        trainable_params=sum(numel[name] for name in trainable),
+        plan=plan,
+        trainable_names=trainable,
+    )
     manifest["streamed"] = True
     (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
