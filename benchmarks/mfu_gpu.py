@@ -23,6 +23,31 @@ from blockexp.expanders import LlamaPro
 from blockexp.precision import apply_precision_policy, select_attn_implementation
 
 
+def model_flops_per_token(
+    n_matmul: int,
+    n_head: int,
+    per_layer: int,
+    layers: int,
+    lowest_trainable: int,
+    n_train: int,
+    seq_len: int,
+    hidden: int,
+) -> int:
+    """Training FLOPs per token of a partly frozen decoder (recomputation not counted).
+
+    Forward: 2 per matmul parameter, plus attention scores and values 4 * seq_len * hidden per
+    layer (the usual non-causal count, as in PaLM's MFU). Backward, input gradients: the LM head
+    and every layer from the lowest trainable one up (2 per parameter, attention 8 * seq_len *
+    hidden); below it nothing needs a gradient. Backward, weight gradients: 2 per trainable
+    parameter. With everything trainable this is the familiar 6N + 12 * layers * hidden * seq_len.
+    """
+    attention = 4 * seq_len * hidden
+    above = layers - lowest_trainable
+    forward = 2 * n_matmul + attention * layers
+    input_grads = 2 * n_head + 2 * per_layer * above + 2 * attention * above
+    return forward + input_grads + 2 * n_train
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq-len", type=int, default=4096)
@@ -54,12 +79,18 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     n_all = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in params)
-    layers = model.config.num_hidden_layers
-    per_layer = sum(p.numel() for p in model.model.layers[0].parameters())
-    lowest = expansion.plan.trainable_layers[0]
+    flops_per_token = model_flops_per_token(
+        n_matmul=n_all - model.get_input_embeddings().weight.numel(),  # a lookup, not a matmul
+        n_head=model.get_output_embeddings().weight.numel(),
+        per_layer=sum(p.numel() for p in model.model.layers[0].parameters()),
+        layers=model.config.num_hidden_layers,
+        lowest_trainable=expansion.plan.trainable_layers[0],
+        n_train=n_train,
+        seq_len=args.seq_len,
+        hidden=config.hidden_size,
+    )
     tokens = args.batch * args.seq_len
-    attn_flops = 4 * args.seq_len * config.hidden_size * layers  # QK^T and AV, causal half x2
-    flops = tokens * (2 * n_all + 2 * per_layer * (layers - lowest) + 2 * n_train + 3 * attn_flops)
+    flops = tokens * flops_per_token
     times = []
     for step in range(args.warmup + args.steps):
         ids = torch.randint(0, 32000, (args.batch, args.seq_len), device="cuda")

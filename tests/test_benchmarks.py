@@ -1,0 +1,44 @@
+"""The arithmetic inside the benchmark scripts (their timed parts need large runs or a GPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mfu_flops_reduce_to_6n_when_everything_trains():
+    mfu = _load("mfu_gpu")
+    layers, hidden, seq, vocab, per_layer = 32, 4096, 4096, 32000, 202_383_360
+    head = vocab * hidden
+    n = per_layer * layers + head
+    full = mfu.model_flops_per_token(n, head, per_layer, layers, 0, n, seq, hidden)
+    assert full == 6 * n + 12 * layers * hidden * seq
+
+
+def test_mfu_flops_of_llama_pro_8_3b():
+    mfu = _load("mfu_gpu")
+    layers, hidden, seq, vocab, per_layer = 40, 4096, 4096, 32000, 202_383_360
+    head = vocab * hidden
+    n = per_layer * layers + head
+    # LLaMA Pro: the lowest new block is layer 4; 8 new blocks train.
+    got = mfu.model_flops_per_token(n, head, per_layer, layers, 4, 8 * per_layer, seq, hidden)
+    attention = 4 * seq * hidden
+    want = (2 * n + attention * layers) + (2 * head + (2 * per_layer + 2 * attention) * 36)
+    want += 2 * 8 * per_layer
+    assert got == want
+    assert got < 6 * n + 12 * layers * hidden * seq
+
+
+def test_train_step_flop_ratio():
+    step = _load("train_step")
+    # 12 layers in 3 groups -> 15 layers, lowest trainable index 4 (in the expanded model).
+    assert step.flop_ratio(12, 3) == (2 * 15 + 2 * (15 - 4) + 2 * 3) / (6 * 15)
