@@ -148,3 +148,25 @@ def test_attention_auto_selection(monkeypatch):
     monkeypatch.setattr(precision, "flash_attn_available", lambda: False)
     module.configure_model()
     assert module.model.config._attn_implementation == "sdpa"
+
+
+def test_lean_export_is_one_dtype_and_reloads(tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    module = _module(precision_policy="lean")
+    _fit(module, tmp_path)
+    out = module.export(tmp_path / "exported")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    # The training model keeps its fp32 trainable weights; the export holds their bf16 rounding.
+    trainable = next(iter(module.expansion.trainable))
+    assert dict(module.model.named_parameters())[trainable].dtype == torch.float32
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.dtype == torch.bfloat16
+    reference = module.model.eval()
+    for param in reference.parameters():  # parameters only: buffers (rotary) stay fp32, as reloaded
+        param.data = param.data.to(torch.bfloat16)
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, reference(ids).logits, rtol=0, atol=0)

@@ -213,10 +213,22 @@ def save_pretrained_atomic(
     protect: list[str | os.PathLike] = (),
     overwrite: bool = False,
     max_shard_size: str | int = "5GB",
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Save ``model`` (safetensors), its config, ``tokenizer`` and the manifest, atomically."""
+    """Save ``model`` (safetensors), its config, ``tokenizer`` and the manifest, atomically.
+
+    ``dtype`` stores every floating-point tensor in that dtype (one tensor at a time; tensors
+    already in it are not copied), e.g. bf16 for a model trained with frozen bf16 weights and fp32
+    trainable ones, so the checkpoint has one dtype, as its config says.
+    """
     with atomic_output_dir(out, protect=protect, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
+        kwargs: dict[str, Any] = {}
+        if dtype is not None:
+            kwargs["state_dict"] = {
+                k: v.to(dtype) if v.is_floating_point() else v
+                for k, v in model.state_dict().items()
+            }
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size, **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if manifest is not None:

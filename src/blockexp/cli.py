@@ -300,7 +300,12 @@ def export(ckpt: str, out: str, tokenizer: str | None = None, overwrite: bool = 
     model = rebuild_from_checkpoint(state, path)
     spec = tokenizer or info.get("tokenizer")
     tok = load_tokenizer(spec) if spec else None
-    result = save_pretrained_atomic(model, out, tok, info["manifest"], overwrite=overwrite)
+    from .module import export_dtype
+
+    policy = state.get("hyper_parameters", {}).get("precision_policy", "full")
+    result = save_pretrained_atomic(
+        model, out, tok, info["manifest"], overwrite=overwrite, dtype=export_dtype(policy)
+    )
     _console().print(f"Exported {ckpt} to {result}")
     return result
 

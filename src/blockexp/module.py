@@ -81,6 +81,12 @@ def check_fingerprint(model: torch.nn.Module, expected: dict, base: str) -> None
             )
 
 
+def export_dtype(precision_policy: str) -> torch.dtype | None:
+    """The single dtype exports are stored in: bf16 under the ``lean`` policy (whose frozen
+    weights are bf16), else ``None`` (as trained)."""
+    return torch.bfloat16 if precision_policy == "lean" else None
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
     """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio``."""
     if step < warmup:
@@ -371,7 +377,13 @@ class BlockExpansionModule(L.LightningModule):
         model.config.use_cache = True
         try:
             return save_pretrained_atomic(
-                model, out, tokenizer, self.manifest(), protect=protect, overwrite=overwrite
+                model,
+                out,
+                tokenizer,
+                self.manifest(),
+                protect=protect,
+                overwrite=overwrite,
+                dtype=export_dtype(self.hparams.get("precision_policy", "full")),
             )
         finally:
             self.model.config.use_cache = False
