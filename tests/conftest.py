@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 
 import pytest
 import torch
@@ -59,4 +61,16 @@ def tiny_llama_dir(tmp_path, tiny_llama):
     path = tmp_path / "base"
     model.save_pretrained(path, safe_serialization=True)
     load_tokenizer("byte").save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A small JSONL corpus of 200 deterministic pseudo-sentences (one ``text`` field each)."""
+    path = tmp_path / "corpus.jsonl"
+    rng = random.Random(0)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    with path.open("w") as f:
+        for _ in range(200):
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(30))}) + "\n")
     return path

@@ -17,17 +17,6 @@ from blockexp.module import BlockExpansionModule, cosine_with_warmup
 from tests.conftest import tiny_llama_dict
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.jsonl"
-    rng = __import__("random").Random(0)
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
-    with path.open("w") as f:
-        for _ in range(200):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(30))}) + "\n")
-    return path
-
-
 def _trainer(tmp_path, steps: int, **kwargs) -> L.Trainer:
     defaults = dict(
         accelerator="cpu",

@@ -13,7 +13,6 @@ from blockexp.data.loader import EpochSampler, ResumableDataLoader
 from blockexp.expanders import LlamaPro
 from blockexp.module import BlockExpansionModule
 from tests.conftest import tiny_llama_dict
-from tests.test_module import corpus  # noqa: F401  (fixture)
 
 
 class _Record(L.Callback):
@@ -55,7 +54,7 @@ def _fit(corpus_path, root, steps, ckpt=None) -> list[str]:
 
 
 @pytest.mark.parametrize("where", ["first epoch", "second epoch"])
-def test_resume_replays_the_same_batches(corpus, tmp_path, where):  # noqa: F811
+def test_resume_replays_the_same_batches(corpus, tmp_path, where):
     full, epoch_len = _fit(corpus, tmp_path / "full", steps=26)
     assert epoch_len < 20, "the run must cross an epoch boundary"
     stop_at = 5 if where == "first epoch" else epoch_len + 3

@@ -223,17 +223,6 @@ def test_plan_command_from_config_alone(tmp_path, capsys, args, trainable):
 
 
 # -- through Lightning and `blockexp export` ------------------------------------------------------
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.jsonl"
-    rng = __import__("random").Random(0)
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
-    with path.open("w") as f:
-        for _ in range(120):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(30))}) + "\n")
-    return path
-
-
 def _reload(name: str, directory):
     if name == "MoEExpansion":
         return load_moe_model(directory)
