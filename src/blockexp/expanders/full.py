@@ -46,11 +46,5 @@ class FullFineTune(Expander):
     def trainable_modules(
         self, model: nn.Module, plan: Plan | None, arch: ArchSpec
     ) -> list[nn.Module]:
-        modules: list[nn.Module] = list(arch.layers(model))
-        if self.train_embeddings:
-            modules.append(arch.embeddings(model))
-        if self.train_lm_head:
-            modules.append(arch.lm_head(model))
-        if self.train_norms:
-            modules.append(arch.final_norm(model))
-        return modules
+        # Every decoder block, plus what the train_* options add (the base class's choice).
+        return list(arch.layers(model)) + super().trainable_modules(model, plan, arch)
