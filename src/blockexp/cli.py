@@ -11,7 +11,6 @@ Training commands follow LightningCLI conventions (``fit``, ``validate``, ``test
 from __future__ import annotations
 
 import json as _json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ __all__ = ["main", "plan", "expand", "export", "BlockexpCLI"]
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 OFFLINE_COMMANDS = ("plan", "expand", "export", "importance")
-from .streaming import TOKENIZER_FILES  # noqa: E402  (defined there; lightning-free import)
+from .streaming import copy_tokenizer_files  # noqa: E402  (lightning-free import)
 
 
 def _console() -> Console:
@@ -118,13 +117,9 @@ def plan(
 def _copy_tokenizer(base: str, dest: Path) -> list[str]:
     """Copy tokenizer files from a local base directory (or fetch them for a hub id)."""
     local = Path(base).expanduser()
-    copied = []
     if local.is_dir():
-        for name in TOKENIZER_FILES:
-            if (local / name).is_file():
-                shutil.copy2(local / name, dest / name)
-                copied.append(name)
-        return copied
+        return copy_tokenizer_files(local, dest)
+    copied = []
     try:
         from transformers import AutoTokenizer
 
@@ -235,10 +230,9 @@ def rebuild_from_checkpoint(state: dict[str, Any], name: str | Path = "checkpoin
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    from .checkpoint import _config_from_dict, describe_spec, load_model
+    from .checkpoint import _config_from_dict, describe_spec
     from .expanders import build_expander
-    from .module import check_fingerprint
-    from .precision import apply_precision_policy
+    from .module import check_fingerprint, load_expanded
 
     info = state["blockexp"]
     expander = build_expander(info["manifest"]["expander"])
@@ -252,16 +246,7 @@ def rebuild_from_checkpoint(state: dict[str, Any], name: str | Path = "checkpoin
         expansion = expander.expand(model)
     else:
         hp = state.get("hyper_parameters", {})
-        policy = hp.get("precision_policy", "full")
-        model = load_model(
-            hp["base"],
-            dtype="bfloat16" if policy == "lean" else hp.get("dtype", "float32"),
-            trust_remote_code=hp.get("trust_remote_code", False),
-            seed=hp.get("seed", 0),
-        )
-        expansion = expander.expand(model)
-        expansion.freeze()
-        apply_precision_policy(expansion.model, policy)
+        expansion, _, _ = load_expanded(hp, expander)
         check_fingerprint(expansion.model, fingerprint, describe_spec(hp["base"]))
         missing = sorted(n for n in expansion.trainable if n not in weights)
         if missing:

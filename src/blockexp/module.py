@@ -4,6 +4,7 @@ trainable, and exports a standard Hugging Face directory."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +80,37 @@ def check_fingerprint(model: torch.nn.Module, expected: dict, base: str) -> None
                 f"on ({name}). Resume with the same base, or train with save_frozen=true to make "
                 "checkpoints self-contained."
             )
+
+
+def load_expanded(
+    hparams: Mapping[str, Any], expander: Expander, attn_implementation: str | None = None
+) -> tuple[Any, dict[str, int], dict[str, Any]]:
+    """Load the base as training does and expand it: dtype from the precision policy, the
+    expander applied, trainable parameters marked, frozen ones cast under ``lean``.
+
+    Returns:
+        ``(expansion, base_info, base_config)``: the :class:`~blockexp.expanders.Expansion`, the
+        base depth and parameter count, and the base config as a dict.
+    """
+    from .precision import apply_precision_policy
+
+    policy = hparams.get("precision_policy", "full")
+    model = load_model(
+        hparams["base"],
+        dtype="bfloat16" if policy == "lean" else hparams.get("dtype", "float32"),
+        trust_remote_code=hparams.get("trust_remote_code", False),
+        seed=hparams.get("seed", 0),
+        attn_implementation=attn_implementation,
+    )
+    base_info = {
+        "num_layers": int(model.config.num_hidden_layers),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    base_config = model.config.to_dict()
+    expansion = expander.expand(model)
+    expansion.freeze()
+    apply_precision_policy(model, policy)
+    return expansion, base_info, base_config
 
 
 def export_dtype(precision_policy: str) -> torch.dtype | None:
@@ -188,24 +220,12 @@ class BlockExpansionModule(L.LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
-        from .precision import apply_precision_policy, select_attn_implementation
+        from .precision import select_attn_implementation
 
-        policy = hp.get("precision_policy", "full")
-        model = load_model(
-            hp.base,
-            dtype="bfloat16" if policy == "lean" else hp.dtype,
-            trust_remote_code=hp.trust_remote_code,
-            seed=hp.seed,
-            attn_implementation=select_attn_implementation(hp.attn_implementation),
+        expansion, self.base_info, self.base_config = load_expanded(
+            hp, self.expander, select_attn_implementation(hp.attn_implementation)
         )
-        self.base_info = {
-            "num_layers": int(model.config.num_hidden_layers),
-            "params": sum(p.numel() for p in model.parameters()),
-        }
-        self.base_config = model.config.to_dict()
-        expansion = self.expander.expand(model)
-        expansion.freeze()
-        apply_precision_policy(model, policy)
+        model = expansion.model
         if hp.get("gradient_checkpointing", False):
             if hasattr(model, "activation_checkpointing_enable"):
                 model.activation_checkpointing_enable({"use_reentrant": False})
