@@ -379,18 +379,16 @@ class BlockExpansionModule(L.LightningModule):
             )
         check_fingerprint(self.model, expected, describe_spec(self.hparams.base))
 
-    def tokenizer_spec(self) -> str | None:
-        try:
-            return resolve_tokenizer_spec(self.hparams.tokenizer, self.hparams.base)
-        except ValueError:
-            return None
+    def tokenizer_spec(self) -> str:
+        """The tokenizer spec, resolved in ``__init__`` (the base's own unless one was given)."""
+        return self.hparams.tokenizer
 
     def export(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the current model as a Hugging Face directory with tokenizer and manifest."""
         from .tokenization import load_tokenizer
 
         spec = self.tokenizer_spec()
-        tokenizer = load_tokenizer(spec, self.hparams.trust_remote_code) if spec else None
+        tokenizer = load_tokenizer(spec, self.hparams.trust_remote_code)
         base = self.hparams.base
         protect = [base] if isinstance(base, str) and Path(base).expanduser().exists() else []
         model = self.expander.export_model(self.model)
