@@ -3,6 +3,7 @@ trainable, and exports a standard Hugging Face directory."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -168,6 +169,11 @@ class BlockExpansionModule(L.LightningModule):
             state) plus a fingerprint of the frozen weights; resuming and ``blockexp export``
             reload the frozen weights from ``base`` and refuse a base whose weights changed.
             Set it when the base may move or disappear.
+        chunked_loss: compute the loss from the final hidden states chunk by chunk
+            (:mod:`blockexp.loss`) instead of through the model's full ``[tokens, vocab]``
+            logits; same value and gradients, far less activation memory (the float32 logits
+            are the largest activation of a block-expansion step). ``false`` uses the model's own
+            loss.
     """
 
     def __init__(
@@ -191,6 +197,7 @@ class BlockExpansionModule(L.LightningModule):
         precision_policy: Literal["full", "lean"] = "full",
         gradient_checkpointing: bool = False,
         save_frozen: bool = False,
+        chunked_loss: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(expander, dict | str):
@@ -265,13 +272,17 @@ class BlockExpansionModule(L.LightningModule):
 
             batch = flatten_packed_batch(batch)
         labels = batch["labels"]
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch.get("attention_mask"),
+            "position_ids": batch.get("position_ids"),
+        }
         with self._autocast():
-            out = self.model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch.get("attention_mask"),
-                position_ids=batch.get("position_ids"),
-                labels=labels,
-            )
+            if self.hparams.get("chunked_loss", True):
+                from .loss import causal_lm_forward_loss
+
+                return causal_lm_forward_loss(self.model, labels, **inputs)
+            out = self.model(**inputs, labels=labels)
         n_tokens = (labels[:, 1:] != -100).sum()
         return out.loss, n_tokens
 
@@ -279,9 +290,12 @@ class BlockExpansionModule(L.LightningModule):
         return getattr(self.model.config, "_attn_implementation", None) == "flash_attention_2"
 
     def _autocast(self):
-        """bf16 autocast under the ``lean`` precision policy (a no-op context otherwise)."""
-        enabled = self.hparams.get("precision_policy", "full") == "lean"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        """bf16 autocast under the ``lean`` precision policy; otherwise no context at all, so the
+        trainer's own autocast (``bf16-mixed``) stays in force (``autocast(enabled=False)`` would
+        switch it off)."""
+        if self.hparams.get("precision_policy", "full") != "lean":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def setup(self, stage: str) -> None:
         from .precision import check_trainer_precision
@@ -312,6 +326,13 @@ class BlockExpansionModule(L.LightningModule):
             self.val_history.append({"step": int(self.global_step), "val_loss": float(value)})
 
     # -- optimisation ---------------------------------------------------------------------------
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        optimizer.step(closure=optimizer_closure)
+        # Lightning zeroes gradients inside the next closure, after the next forward, so the
+        # gradients of this step would stay allocated through that forward (4 bytes per trainable
+        # parameter on top of its activations). Nothing reads them after the step: free them now.
+        optimizer.zero_grad(set_to_none=True)
+
     def configure_optimizers(self):
         hp = self.hparams
         decay, no_decay = [], []

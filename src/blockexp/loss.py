@@ -1,0 +1,136 @@
+"""Causal-LM loss without materialising the full ``[tokens, vocab]`` logits.
+
+A causal LM's own loss computes ``lm_head`` over every position, upcasts the logits to float32 and
+runs cross-entropy, so for a moment it holds several ``tokens x vocab`` tensors (bf16 logits,
+their float32 copy, the log-softmax and, in the backward, its gradient). With a 32k vocabulary and
+4,096 tokens each float32 copy is 0.5 GB, the largest activation in a block-expansion step, whose
+decoder activations are otherwise small.
+
+:func:`chunked_causal_lm_loss` takes the final hidden states instead and computes the loss over
+chunks of tokens, each under non-reentrant activation checkpointing: only one chunk's logits exist
+at a time, in the forward and in the backward (which recomputes that chunk's ``lm_head``, about
+``2 * hidden * vocab`` FLOPs per token). The result is the same mean over non-ignored tokens as
+transformers' ``ForCausalLMLoss`` (up to float summation order), and gradients reach the hidden
+states and, when it is trainable, ``lm_head``.
+
+:func:`causal_lm_forward_loss` runs a Hugging Face causal LM through its own ``forward`` (so FSDP
+and PEFT wrappers see the call they expect) with ``logits_to_keep=1``, captures the decoder's last
+hidden state with a forward hook and applies the chunked loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["IGNORE_INDEX", "causal_lm_forward_loss", "chunked_causal_lm_loss", "loss_chunk_tokens"]
+
+IGNORE_INDEX = -100
+
+
+def loss_chunk_tokens(num_tokens: int, hidden_size: int, vocab_size: int, minimum: int = 64) -> int:
+    """Tokens per chunk so that one chunk's logits are about the size of the hidden states.
+
+    ``ceil(vocab / hidden)`` chunks (8 for Llama-2-7B, 32 for a 1,024-wide model with a 32k
+    vocabulary), each at least ``minimum`` tokens so small batches do not loop needlessly.
+    """
+    chunks = max(1, math.ceil(vocab_size / max(1, hidden_size)))
+    return max(minimum, math.ceil(num_tokens / chunks))
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    logits = head(hidden).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def chunked_causal_lm_loss(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: nn.Module,
+    chunk_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy of ``head(hidden)`` against ``labels``, chunk by chunk.
+
+    Args:
+        hidden: final hidden states ``[batch, seq, hidden]`` (after the model's last norm).
+        labels: ``[batch, seq]`` token ids aligned with the inputs (shifted here, as transformers
+            does); ``-100`` marks positions without a loss.
+        head: the output projection (``model.get_output_embeddings()``).
+        chunk_tokens: tokens per chunk; default :func:`loss_chunk_tokens`.
+
+    Returns:
+        ``(loss, n_tokens)``: the mean over predicted tokens (0 with a zero gradient when every
+        label is ignored, where transformers returns NaN) and their count.
+    """
+    if hidden.shape[:2] != labels.shape:
+        raise ValueError(
+            f"hidden states {tuple(hidden.shape)} and labels {tuple(labels.shape)} disagree on "
+            "[batch, seq]."
+        )
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = labels[:, 1:].reshape(-1)
+    keep = targets != IGNORE_INDEX
+    n_tokens = keep.sum()
+    # Gathering the predicted positions once skips prompt/padding tokens in the lm_head too.
+    index = keep.nonzero().squeeze(1)
+    hidden = hidden.index_select(0, index)
+    targets = targets.index_select(0, index)
+    count = hidden.shape[0]
+    if count == 0:
+        return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), n_tokens
+    weight = getattr(head, "weight", None)
+    vocab = weight.shape[0] if weight is not None else head(hidden[:1]).shape[-1]
+    size = chunk_tokens or loss_chunk_tokens(count, hidden.shape[-1], vocab)
+    total = None
+    for start in range(0, count, size):
+        h, t = hidden[start : start + size], targets[start : start + size]
+        if torch.is_grad_enabled() and (h.requires_grad or _any_grad(head)):
+            part = checkpoint(_chunk_loss_sum, h, t, head, use_reentrant=False)
+        else:
+            part = _chunk_loss_sum(h, t, head)
+        total = part if total is None else total + part
+    return total / count, n_tokens
+
+
+def _any_grad(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def causal_lm_forward_loss(
+    model: nn.Module, labels: torch.Tensor, chunk_tokens: int | None = None, **inputs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model(**inputs)`` and return the chunked loss on its final hidden states.
+
+    The model's own forward runs with ``logits_to_keep=1`` (logits for the last position only), so
+    wrappers that hook the top-level call (FSDP2's unshard/reshard, PEFT) behave as usual; the
+    decoder's output (``model.get_decoder()``, the hidden states ``lm_head`` reads) is captured by
+    a forward hook.
+    """
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    if decoder is None or head is None:
+        raise TypeError(
+            f"{type(model).__name__} exposes no decoder/output embeddings; set "
+            "model.chunked_loss: false to use the model's own loss."
+        )
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = decoder.register_forward_hook(grab)
+    try:
+        model(**inputs, logits_to_keep=1)
+    finally:
+        handle.remove()
+    if "hidden" not in captured:
+        raise RuntimeError(
+            f"{type(model).__name__}.forward did not call its decoder; set model.chunked_loss: "
+            "false to use the model's own loss."
+        )
+    return chunked_causal_lm_loss(captured["hidden"], labels, head, chunk_tokens)

@@ -1,0 +1,169 @@
+"""Chunked causal-LM loss: the model's own loss and gradients, without the full logits; and the
+module-level memory fixes around it (trainer autocast kept, gradients freed after the step)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from blockexp.expanders import LlamaPro
+from blockexp.loss import causal_lm_forward_loss, chunked_causal_lm_loss, loss_chunk_tokens
+from blockexp.module import BlockExpansionModule
+from tests.conftest import tiny_llama_dict
+from tests.test_arch import ARCH_CONFIGS, make_model
+from tests.test_precision import RandomBlocks
+
+
+def _labels(ids: torch.Tensor) -> torch.Tensor:
+    labels = ids.clone()
+    labels[0, :5] = -100  # a prompt without loss
+    labels[1, -3:] = -100  # padding at the end
+    return labels
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCH_CONFIGS))
+@pytest.mark.parametrize("chunk", [1, 7, None])
+def test_chunked_loss_matches_the_models_own_loss_and_gradients(model_type, chunk):
+    model = make_model(model_type).train()
+    ids = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(1))
+    labels = _labels(ids)
+    position_ids = torch.arange(19).repeat(2, 1)
+
+    reference = model(input_ids=ids, labels=labels, position_ids=position_ids).loss
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    loss, n_tokens = causal_lm_forward_loss(
+        model, labels, chunk_tokens=chunk, input_ids=ids, position_ids=position_ids
+    )
+    loss.backward()
+    assert n_tokens.item() == int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(loss, reference, rtol=0, atol=1e-5)
+    for name, param in model.named_parameters():  # lm_head included: it is trainable here
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_logits_exist_one_chunk_at_a_time():
+    model = make_model("llama").train()
+    ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    rows: list[int] = []  # rows of every logits tensor lm_head produces (forward and recompute)
+    model.lm_head.register_forward_hook(lambda m, a, out: rows.append(out[..., 0].numel()))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: list[torch.Size] = []  # activations saved between forward and backward
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            kept.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert max(rows) == 2 * 64  # the model's own loss: logits for every position...
+    assert any(s[-1] == model.config.vocab_size for s in kept)  # ...kept for the backward
+
+    rows.clear(), kept.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        causal_lm_forward_loss(model, ids, chunk_tokens=16, input_ids=ids)[0].backward()
+    # logits_to_keep=1 (one row per sequence), then 126 predicted tokens in chunks of 16, each
+    # computed in the forward and again in the backward.
+    assert rows[0] == 2 and max(rows[1:]) == 16 and sum(rows[1:]) == 2 * 126
+    assert not any(s[-1] == model.config.vocab_size for s in kept)
+
+
+def test_all_ignored_labels_give_zero_loss_and_zero_gradients():
+    model = make_model("llama").train()
+    ids = torch.randint(0, 256, (2, 8))
+    labels = torch.full_like(ids, -100)
+    loss, n_tokens = causal_lm_forward_loss(model, labels, input_ids=ids)
+    loss.backward()
+    assert loss.item() == 0.0 and n_tokens.item() == 0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+def test_shape_mismatch_and_chunk_size_rule():
+    head = torch.nn.Linear(4, 10)
+    with pytest.raises(ValueError, match=r"disagree on \[batch, seq\]"):
+        chunked_causal_lm_loss(torch.zeros(2, 5, 4), torch.zeros(2, 6, dtype=torch.long), head)
+    # ceil(vocab / hidden) chunks, at least `minimum` tokens each.
+    assert loss_chunk_tokens(8192, 4096, 32000) == 1024
+    assert loss_chunk_tokens(100, 4096, 32000) == 64
+    assert loss_chunk_tokens(4096, 4096, 128256) == 128
+
+
+@pytest.mark.parametrize("policy", ["lean", "full"])
+def test_module_loss_is_the_same_with_and_without_chunking(policy):
+    batch = {"input_ids": torch.randint(0, 256, (2, 16)), "labels": None}
+    batch["labels"] = _labels(batch["input_ids"])
+    losses = []
+    for chunked in (True, False):
+        module = BlockExpansionModule(
+            base=tiny_llama_dict(4),
+            expander=LlamaPro(num_groups=2),
+            tokenizer="byte",
+            precision_policy=policy,
+            chunked_loss=chunked,
+        )
+        module.configure_model()
+        losses.append(module._loss(batch))
+    # lean runs in bf16 autocast: the two paths round differently, within bf16 precision.
+    torch.testing.assert_close(
+        losses[0][0], losses[1][0], rtol=0, atol=1e-5 if policy == "full" else 2e-2
+    )
+    assert losses[0][1] == losses[1][1]
+
+
+class _Probe(L.Callback):
+    """Records the dtype a decoder projection computes in and whether gradients survive the
+    optimizer step."""
+
+    def __init__(self) -> None:
+        self.dtypes: list[torch.dtype] = []
+        self.grads_after_step: list[bool] = []
+
+    def on_fit_start(self, trainer, module):
+        proj = module.model.model.layers[0].mlp.down_proj
+        proj.register_forward_hook(lambda m, a, out: self.dtypes.append(out.dtype))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.grads_after_step.append(any(p.grad is not None for p in module.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("policy", "precision", "dtype"),
+    [
+        ("full", "bf16-mixed", torch.bfloat16),
+        ("full", "32-true", torch.float32),
+        ("lean", "32-true", torch.bfloat16),
+    ],
+)
+def test_trainer_autocast_is_kept_and_gradients_are_freed_after_each_step(
+    tmp_path, policy, precision, dtype
+):
+    probe = _Probe()
+    module = BlockExpansionModule(
+        base=tiny_llama_dict(4),
+        expander=LlamaPro(num_groups=2),
+        tokenizer="byte",
+        precision_policy=policy,
+        validate_before_fit=False,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=3,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[probe],
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=4))
+    # bf16-mixed with the full policy really computes in bf16 (the module's own autocast
+    # context used to switch the trainer's off).
+    assert probe.dtypes and set(probe.dtypes) == {dtype}
+    assert probe.grads_after_step == [False, False, False]
