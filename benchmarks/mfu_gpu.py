@@ -60,6 +60,8 @@ def main() -> None:
         raise SystemExit("This benchmark needs a CUDA GPU.")
     from transformers import AutoModelForCausalLM
 
+    from blockexp.loss import causal_lm_forward_loss
+
     config = LlamaConfig(
         hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
         vocab_size=32000, max_position_embeddings=args.seq_len, dtype="bfloat16",
@@ -97,7 +99,7 @@ def main() -> None:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = causal_lm_forward_loss(model, ids, input_ids=ids)[0]  # as the module trains
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM
 from blockexp.arch import get_arch
 from blockexp.checkpoint import load_model, save_pretrained_atomic
 from blockexp.expanders import Expansion, expander_names, get_expander
+from blockexp.loss import causal_lm_forward_loss
 from tests.conftest import tiny_llama_dict
 
 TrainableFn = Callable[[nn.Module, Expansion], set[str]]
@@ -257,3 +258,21 @@ def test_generate_with_kv_cache(trained: Case):
     assert cached.shape == (2, 14)
     assert torch.equal(cached, uncached)
     assert len(out.past_key_values.layers) == model.config.num_hidden_layers
+
+
+def test_chunked_loss_equals_the_models_own_loss(case: Case):
+    """The module's chunked loss (blockexp.loss) works on every expander's model (PEFT wrapper,
+    MoE layers, tied embeddings): same loss and same gradients as the model's own loss."""
+    model = copy.deepcopy(case.expansion.model).train()
+    ids = _ids(7, batch=2, length=12)
+    reference = model(input_ids=ids, labels=ids).loss
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    loss, _ = causal_lm_forward_loss(model, ids, chunk_tokens=5, input_ids=ids)
+    loss.backward()
+    torch.testing.assert_close(loss, reference, rtol=0, atol=1e-5)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys() and got
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-5, msg=name)

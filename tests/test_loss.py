@@ -67,7 +67,7 @@ def test_logits_exist_one_chunk_at_a_time():
     rows.clear(), kept.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         causal_lm_forward_loss(model, ids, chunk_tokens=16, input_ids=ids)[0].backward()
-    # logits_to_keep=1 (one row per sequence), then 126 predicted tokens in chunks of 16, each
+    # One position per sequence (logits_to_keep), then 126 predicted tokens in chunks of 16, each
     # computed in the forward and again in the backward.
     assert rows[0] == 2 and max(rows[1:]) == 16 and sum(rows[1:]) == 2 * 126
     assert not any(s[-1] == model.config.vocab_size for s in kept)
