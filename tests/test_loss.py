@@ -6,14 +6,10 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from blockexp.expanders import LlamaPro
 from blockexp.loss import causal_lm_forward_loss, chunked_causal_lm_loss, loss_chunk_tokens
-from blockexp.module import BlockExpansionModule
-from tests.conftest import tiny_llama_dict
 from tests.test_arch import ARCH_CONFIGS, make_model
-from tests.test_precision import RandomBlocks
+from tests.test_precision import _fit, _module
 
 
 def _labels(ids: torch.Tensor) -> torch.Tensor:
@@ -99,13 +95,7 @@ def test_module_loss_is_the_same_with_and_without_chunking(policy):
     batch["labels"] = _labels(batch["input_ids"])
     losses = []
     for chunked in (True, False):
-        module = BlockExpansionModule(
-            base=tiny_llama_dict(4),
-            expander=LlamaPro(num_groups=2),
-            tokenizer="byte",
-            precision_policy=policy,
-            chunked_loss=chunked,
-        )
+        module = _module(precision_policy=policy, chunked_loss=chunked)
         module.configure_model()
         losses.append(module._loss(batch))
     # lean runs in bf16 autocast: the two paths round differently, within bf16 precision.
@@ -143,26 +133,8 @@ def test_trainer_autocast_is_kept_and_gradients_are_freed_after_each_step(
     tmp_path, policy, precision, dtype
 ):
     probe = _Probe()
-    module = BlockExpansionModule(
-        base=tiny_llama_dict(4),
-        expander=LlamaPro(num_groups=2),
-        tokenizer="byte",
-        precision_policy=policy,
-        validate_before_fit=False,
-    )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=3,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[probe],
-    )
-    trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=4))
+    module = _module(precision_policy=policy, validate_before_fit=False)
+    _fit(module, tmp_path, precision=precision, callbacks=[probe])
     # bf16-mixed with the full policy really computes in bf16 (the module's own autocast
     # context used to switch the trainer's off).
     assert probe.dtypes and set(probe.dtypes) == {dtype}

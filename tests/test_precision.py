@@ -41,7 +41,13 @@ def _module(**kwargs) -> BlockExpansionModule:
     )
 
 
-def _fit(module: BlockExpansionModule, tmp_path, steps: int = 3, precision: str = "32-true"):
+def _fit(
+    module: BlockExpansionModule,
+    tmp_path,
+    steps: int = 3,
+    precision: str = "32-true",
+    callbacks: list[L.Callback] | None = None,
+):
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -52,6 +58,7 @@ def _fit(module: BlockExpansionModule, tmp_path, steps: int = 3, precision: str 
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
+        callbacks=callbacks,
     )
     trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=4))
     return trainer

@@ -86,19 +86,19 @@ def chunked_causal_lm_loss(
     weight = getattr(head, "weight", None)
     vocab = weight.shape[0] if weight is not None else head(hidden[:1]).shape[-1]
     size = chunk_tokens or loss_chunk_tokens(count, hidden.shape[-1], vocab)
+    # Checkpoint only when there is a backward to save for (not in validation).
+    recompute = torch.is_grad_enabled() and (
+        hidden.requires_grad or any(p.requires_grad for p in head.parameters())
+    )
     total = None
     for start in range(0, count, size):
         h, t = hidden[start : start + size], targets[start : start + size]
-        if torch.is_grad_enabled() and (h.requires_grad or _any_grad(head)):
+        if recompute:
             part = checkpoint(_chunk_loss_sum, h, t, head, use_reentrant=False)
         else:
             part = _chunk_loss_sum(h, t, head)
         total = part if total is None else total + part
     return total / count, n_tokens
-
-
-def _any_grad(module: nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
 
 
 def causal_lm_forward_loss(
