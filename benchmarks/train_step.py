@@ -180,6 +180,12 @@ print(json.dumps({"step": median_after_warmup(), "peak": peak(), "rounds": round
 """
 
 
+# The two sides of the memory comparison: Lightning bf16-mixed with every parameter in fp32, and
+# the lean policy (the module runs its own bf16 autocast, so the trainer stays at 32-true).
+REFERENCE = dict(policy="full", precision="bf16-mixed")
+LEAN = dict(policy="lean", precision="32-true")
+
+
 def run(cfg: dict, **overrides) -> dict:
     cfg = {**cfg, **overrides}
     env = dict(os.environ)
@@ -257,8 +263,7 @@ def main() -> None:
         steps=args.steps,
         warmup=args.warmup,
         threads=args.threads,
-        policy="full",
-        precision="bf16-mixed",
+        **REFERENCE,
         full_ft=False,
         runner="lightning",
         ckpt=args.gradient_checkpointing,
@@ -272,15 +277,11 @@ def main() -> None:
         f"{args.device}"
     )
     if "memory" not in skip:
-        ref = run(cfg, policy="full", precision="bf16-mixed", rss=True)
-        lean = run(cfg, policy="lean", precision="32-true", rss=True)
+        ref = run(cfg, **REFERENCE, rss=True)
+        lean = run(cfg, **LEAN, rss=True)
         if args.device == "cpu":  # profiled runs of their own (the profiler's records cost RSS)
-            ref["tensor_peak"] = run(cfg, policy="full", precision="bf16-mixed", tensor_peak=True)[
-                "tensor_peak"
-            ]
-            lean["tensor_peak"] = run(cfg, policy="lean", precision="32-true", tensor_peak=True)[
-                "tensor_peak"
-            ]
+            ref["tensor_peak"] = run(cfg, **REFERENCE, tensor_peak=True)["tensor_peak"]
+            lean["tensor_peak"] = run(cfg, **LEAN, tensor_peak=True)["tensor_peak"]
         print(
             f"[1] peak memory, Lightning bf16-mixed all-fp32 (reference) vs precision_policy=lean "
             f"({ref['params'] / 1e6:.0f}M params, {ref['trainable'] / 1e6:.0f}M trainable)"
@@ -313,9 +314,9 @@ def main() -> None:
     if "flops" not in skip:
         # Same precision on both sides (all fp32 weights, bf16-mixed), so the ratio isolates what
         # freezing saves; the lean policy is shown beside it.
-        ft = run(cfg, policy="full", precision="bf16-mixed", full_ft=True)
-        be = run(cfg, policy="full", precision="bf16-mixed")
-        be_lean = run(cfg, policy="lean", precision="32-true")
+        ft = run(cfg, **REFERENCE, full_ft=True)
+        be = run(cfg, **REFERENCE)
+        be_lean = run(cfg, **LEAN)
         print(
             f"[2] step time, full fine-tuning (reference): {ft['step'] * 1e3:.0f} ms; block "
             f"expansion: {be['step'] * 1e3:.0f} ms -> ratio {be['step'] / ft['step']:.3f} "
@@ -327,9 +328,8 @@ def main() -> None:
         # One process, alternating rounds of bare and Lightning steps on the same model: separate
         # processes differ by several % on this machine whatever they run.
         rounds = run(
-            cfg, policy="lean", precision="32-true", steps=args.loop_steps,
-            runner="alternate", rounds=args.loop_rounds,
-        )["rounds"]  # fmt: skip
+            cfg, **LEAN, steps=args.loop_steps, runner="alternate", rounds=args.loop_rounds
+        )["rounds"]
         ratios = sorted(light / bare for bare, light in rounds)
         bare_t = statistics.median(b for b, _ in rounds)
         print(
@@ -340,10 +340,9 @@ def main() -> None:
         )
         # Lightning's cost is per step, not per FLOP: measure it where compute is negligible.
         tiny = dict(cfg, hidden=64, inter=128, heads=4, layers=4, vocab=1000, seq_len=64)
-        tiny_rounds = run(
-            tiny, policy="lean", precision="32-true", steps=40, runner="alternate",
-            rounds=args.loop_rounds,
-        )["rounds"]  # fmt: skip
+        tiny_rounds = run(tiny, **LEAN, steps=40, runner="alternate", rounds=args.loop_rounds)[
+            "rounds"
+        ]
         overhead = statistics.median(li - b for b, li in tiny_rounds)
         print(
             f"    Lightning's fixed cost per step, on a tiny model (h=64, 4 layers): "
