@@ -8,7 +8,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from blockexp import precision
-from blockexp.expanders import LlamaPro
 from blockexp.module import BlockExpansionModule
 from blockexp.precision import (
     apply_precision_policy,
@@ -16,7 +15,7 @@ from blockexp.precision import (
     parameter_bytes,
     select_attn_implementation,
 )
-from tests.conftest import tiny_llama_dict
+from tests.test_module import _module, _trainer
 
 
 class RandomBlocks(torch.utils.data.Dataset):
@@ -31,16 +30,6 @@ class RandomBlocks(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i].clone()}
 
 
-def _module(**kwargs) -> BlockExpansionModule:
-    return BlockExpansionModule(
-        base=tiny_llama_dict(4),
-        expander=LlamaPro(num_groups=2),
-        tokenizer="byte",
-        lr=1e-2,
-        **kwargs,
-    )
-
-
 def _fit(
     module: BlockExpansionModule,
     tmp_path,
@@ -48,17 +37,8 @@ def _fit(
     precision: str = "32-true",
     callbacks: list[L.Callback] | None = None,
 ):
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
+    trainer = _trainer(
+        tmp_path, steps, precision=precision, callbacks=callbacks, gradient_clip_val=None
     )
     trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=4))
     return trainer
