@@ -1,4 +1,5 @@
-"""OP/BWT on hand-built matrices and the paper's Tables 11-13; TRACE task metrics."""
+"""OP/BWT on hand-built matrices and the paper's Tables 11-13; TRACE task metrics under both
+scoring rules (parity with TRACE's code itself: test_trace_parity.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import numpy as np
 import pytest
 
 from blockexp.metrics import (
-    SARI,
-    AnswerAccuracy,
-    EditSimilarity,
-    RougeL,
+    METRICS,
+    SCORING,
+    TRACE_TASK_METRICS,
     backward_transfer,
     build_metric,
     edit_similarity,
@@ -19,7 +19,9 @@ from blockexp.metrics import (
     extract_number,
     overall_performance,
     sari_sentence,
+    score_samples,
 )
+from blockexp.metrics import trace as T
 
 # LLaMA Pro paper, Tables 11-13 (rows: task, columns: round), LLaMA2-7B on TRACE.
 TABLE_11_LORA = [
@@ -94,35 +96,60 @@ def test_op_bwt_errors():
         overall_performance([[0.1]], t=2)
 
 
-def test_answer_extraction_and_accuracy():
-    assert extract_choice("  (b) because ...") == "B"
-    assert extract_number("about 1,250.5 km") == 1250.5
-    assert extract_number("none") is None
-    acc = AnswerAccuracy("choice")
-    acc.update(["A", " B. oppose", "", "c"], ["A", "B", "A", "C"])
-    assert float(acc.compute()) == pytest.approx(0.75)
-    num = build_metric("accuracy_number")
-    num.update(["7", "The answer is 12.", "3", "x"], ["7", "12", "4", "5"])
-    assert float(num.compute()) == pytest.approx(0.5)
-    exact = build_metric("exact_match")
-    exact.update(["yes ", "no"], ["yes", "No"])
-    assert float(exact.compute()) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="unknown metric"):
-        build_metric("bleu")
+def test_trace_scoring_compares_raw_strings():
+    acc = build_metric("accuracy")  # TRACE's default scoring
+    acc.update(["A", " A", "a", "A.", "", "B"], ["A", "A", "A", "A", "A", "B"])
+    assert float(acc.compute()) == pytest.approx(2 / 6)  # only the two exact matches
+    # NumGLUE: whole-string exact match, no number extraction.
+    assert score_samples(
+        "accuracy_number", ["12", " 12", "12.0", "The answer is 12"], ["12"] * 4
+    ) == [
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+    ]
+    # ScienceQA: the first character, unstripped; an empty prediction (TRACE crashes) scores 0.
+    golds = ["B\nBecause ..."] * 5
+    assert score_samples("first_char_accuracy", ["B", "Because", " B", "", "b"], golds) == [
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+    ]
+    assert TRACE_TASK_METRICS["ScienceQA"] == "first_char_accuracy"
 
 
-def test_edit_similarity_matches_fuzz_ratio_definition():
-    # fuzz.ratio("kitten", "sitting") with python-Levenshtein is 62 (InDel distance 5 over 13).
-    assert edit_similarity("kitten", "sitting") == pytest.approx(8 / 13)
-    assert edit_similarity("abc", "abc") == 1.0
-    assert edit_similarity("abc", "xyz") == 0.0
-    metric = EditSimilarity()
-    # Py150 placeholders are replaced before scoring, as in TRACE.
-    metric.update(["x = <STR_LIT:hi>", ""], ["x = hi", "y"])
-    assert float(metric.compute()) == pytest.approx(0.5)
+def test_trace_rouge_l_is_the_rouge_package_with_traces_argument_order():
+    from rouge import Rouge
+
+    pred, gold = "e c c", "e. d d c e. b d"
+    expected = Rouge(metrics=["rouge-l"]).get_scores(gold, pred, avg=True)["rouge-l"]["f"]
+    assert T.rouge_l(pred, gold) == pytest.approx(expected, abs=1e-12)
+    swapped = Rouge(metrics=["rouge-l"]).get_scores(pred, gold, avg=True)["rouge-l"]["f"]
+    assert expected == pytest.approx(2 / 3) and swapped == pytest.approx(1 / 3)  # order matters
+    assert T.rouge_l("...", gold) == 0.0 and T.rouge_l(gold, "...") == 0.0  # TRACE raises here
+    assert T.rouge_l("", gold) == 0.0
+    # A single sentence longer than Python's default recursion limit still gets its score.
+    long = " ".join(f"w{i % 50}" for i in range(1050))  # LCS recursion depth 1050
+    assert 0.0 < T.rouge_l(long, long) <= 1.0
 
 
-def test_sari_matches_reference_example():
+def test_trace_py150_similarity_is_an_integer_percent():
+    assert T.py150_postprocess("x = <NUM_LIT> + <STR_LIT:a> + <STR_LIT>") == "x = 0 + a + "
+    # Both sides empty after clean-up: TRACE skips the pair (0), although they are equal.
+    assert T.py150_similarity("<STR_LIT>", "<STR_LIT>") == 0.0
+    assert T.py150_similarity("<NUM_LIT>", "0") == 1.0
+    # fuzz.ratio("kitten", "sitting") = round(100 * 8 / 13) = 62
+    assert T.py150_similarity("kitten", "sitting") == 0.62
+    assert edit_similarity("kitten", "sitting") == pytest.approx(8 / 13)  # lenient: unrounded
+    # 200 * LCS / total = 12.5 and 37.5: Python rounds half to even, as fuzzywuzzy does.
+    assert T.py150_similarity("a" + "x" * 7, "a" + "y" * 7) == 0.12
+    assert T.py150_similarity("abc" + "x" * 5, "abc" + "y" * 5) == 0.38
+
+
+def test_sari_matches_the_hugging_face_metric():
     # The example of the Hugging Face `sari` metric card (which TRACE loads): SARI 26.953.
     score = sari_sentence(
         "About 95 species are currently accepted .",
@@ -133,18 +160,50 @@ def test_sari_matches_reference_example():
             "95 species are now accepted .",
         ],
     )
-    assert score * 100 == pytest.approx(26.953, abs=1e-3)
-    assert sari_sentence("a b c d", "a b c d", ["a b c d"]) == 1.0
-    metric = SARI()
-    metric.update(["the big dog ate ."], ["the big dog ate ."], ["the enormous dog consumed ."])
-    assert float(metric.compute()) == pytest.approx(1.0)
+    assert score * 100 == pytest.approx(26.953601953601954, abs=1e-9)
+    assert T.sari("a b c d", "a b c d", "a b c d") == 1.0
+    # sacrebleu 13a tokenisation: punctuation split off, lower-cased, entities decoded.
+    assert T.sari_normalize("Hallo, Welt! &amp; mehr") == "hallo , welt ! & mehr"
+    # An empty prediction is one empty token: TRACE gives it keep/delete credit ...
+    empty = build_metric("sari")
+    empty.update([""], ["Der Hund schläft."], ["Der große Hund schläft tief."])
+    assert 0.2 < float(empty.compute()) < 0.5
+    # ... the lenient rule does not.
+    lenient = build_metric("sari", "lenient")
+    lenient.update([""], ["Der Hund schläft."], ["Der große Hund schläft tief."])
+    assert float(lenient.compute()) == 0.0
     with pytest.raises(ValueError, match="source"):
-        SARI().update(["a"], ["a"])
+        build_metric("sari").update(["a"], ["a"])
 
 
-def test_rouge_l_offline():
-    metric = RougeL()
-    metric.update(["the cat sat", ""], ["the cat sat down", "something"])
-    # LCS 3 of 3 and 4 tokens: F = 2 * 1 * 0.75 / 1.75; the empty prediction scores 0.
-    assert float(metric.compute()) == pytest.approx((2 * 0.75 / 1.75) / 2, abs=1e-4)
-    assert not math.isnan(float(metric.compute()))
+def test_lenient_scoring_extracts_answers():
+    assert extract_choice("  (b) because ...") == "B"
+    assert extract_number("about 1,250.5 km") == 1250.5
+    assert extract_number("none") is None
+    acc = build_metric("accuracy", "lenient")
+    acc.update(["A", " B. oppose", "", "c"], ["A", "B", "A", "C"])
+    assert float(acc.compute()) == pytest.approx(0.75)
+    num = build_metric("accuracy_number", "lenient")
+    num.update(["7", "The answer is 12.", "3", "x"], ["7", "12", "4", "5"])
+    assert float(num.compute()) == pytest.approx(0.5)
+    exact = build_metric("exact_match", "lenient")
+    exact.update(["yes ", "no"], ["yes", "No"])
+    assert float(exact.compute()) == pytest.approx(0.5)
+    rouge = build_metric("rouge_l", "lenient")  # torchmetrics ROUGE-L
+    rouge.update(["the cat sat", ""], ["the cat sat down", "something"])
+    assert float(rouge.compute()) == pytest.approx((2 * 0.75 / 1.75) / 2, abs=1e-4)
+    assert not math.isnan(float(rouge.compute()))
+    edit = build_metric("edit_similarity", "lenient")
+    edit.update(["x = <STR_LIT:hi>", ""], ["x = hi", "y"])
+    assert float(edit.compute()) == pytest.approx(0.5)
+
+
+def test_registry_errors_and_names():
+    assert set(SCORING) == {"trace", "lenient"}
+    assert set(TRACE_TASK_METRICS.values()) <= set(METRICS)
+    with pytest.raises(ValueError, match="unknown metric"):
+        build_metric("bleu")
+    with pytest.raises(ValueError, match="unknown scoring"):
+        build_metric("accuracy", "strict")
+    with pytest.raises(ValueError, match="2 predictions but 1 targets"):
+        build_metric("accuracy").update(["a", "b"], ["a"])

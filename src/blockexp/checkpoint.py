@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ __all__ = [
     "ModelSpec",
     "OutputExistsError",
     "atomic_output_dir",
+    "atomic_write",
     "build_manifest",
     "manifest_dict",
     "describe_spec",
@@ -205,6 +207,24 @@ class atomic_output_dir:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write one file atomically: into a temporary sibling, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+WEIGHTS_FORMATS = ("safetensors", "pytorch_bin")
+
+
 def save_pretrained_atomic(
     model: PreTrainedModel,
     out: str | os.PathLike,
@@ -214,13 +234,20 @@ def save_pretrained_atomic(
     overwrite: bool = False,
     max_shard_size: str | int = "5GB",
     dtype: torch.dtype | None = None,
+    weights_format: str = "safetensors",
 ) -> Path:
-    """Save ``model`` (safetensors), its config, ``tokenizer`` and the manifest, atomically.
+    """Save ``model``, its config, ``tokenizer`` and the manifest, atomically.
 
     ``dtype`` stores every floating-point tensor in that dtype (one tensor at a time; tensors
     already in it are not copied), e.g. bf16 for a model trained with frozen bf16 weights and fp32
     trainable ones, so the checkpoint has one dtype, as its config says.
+
+    ``weights_format`` is ``safetensors`` (``save_pretrained``'s sharded safetensors) or
+    ``pytorch_bin``: one ``pytorch_model.bin`` holding a plain dict of tensors (loadable with
+    ``torch.load(weights_only=True)``), the file TRACE's inference scripts read.
     """
+    if weights_format not in WEIGHTS_FORMATS:
+        raise ValueError(f"weights_format must be one of {WEIGHTS_FORMATS}, got {weights_format!r}")
     with atomic_output_dir(out, protect=protect, overwrite=overwrite) as tmp:
         kwargs: dict[str, Any] = {}
         if dtype is not None:
@@ -228,7 +255,19 @@ def save_pretrained_atomic(
                 k: v.to(dtype) if v.is_floating_point() else v
                 for k, v in model.state_dict().items()
             }
-        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size, **kwargs)
+        if weights_format == "pytorch_bin":
+            state = kwargs.get("state_dict") or model.state_dict()
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+            torch.save(tensors, tmp / "pytorch_model.bin")
+            model.config.dtype = str(dtype or model.dtype).split(".")[1]
+            model.config.architectures = [type(model).__name__]
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+        else:
+            model.save_pretrained(
+                tmp, safe_serialization=True, max_shard_size=max_shard_size, **kwargs
+            )
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if manifest is not None:

@@ -404,8 +404,14 @@ class BlockExpansionModule(L.LightningModule):
         """The tokenizer spec, resolved in ``__init__`` (the base's own unless one was given)."""
         return self.hparams.tokenizer
 
-    def export(self, out: str | Path, overwrite: bool = False) -> Path:
-        """Write the current model as a Hugging Face directory with tokenizer and manifest."""
+    def export(
+        self, out: str | Path, overwrite: bool = False, weights_format: str = "safetensors"
+    ) -> Path:
+        """Write the current model as a Hugging Face directory with tokenizer and manifest.
+
+        ``weights_format``: ``safetensors`` or ``pytorch_bin`` (one ``pytorch_model.bin``, as
+        TRACE's inference scripts read).
+        """
         from .tokenization import load_tokenizer
 
         spec = self.tokenizer_spec()
@@ -423,6 +429,7 @@ class BlockExpansionModule(L.LightningModule):
                 protect=protect,
                 overwrite=overwrite,
                 dtype=export_dtype(self.hparams.get("precision_policy", "full")),
+                weights_format=weights_format,
             )
         finally:
             self.model.config.use_cache = False

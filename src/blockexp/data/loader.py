@@ -52,6 +52,9 @@ class ResumableDataLoader(DataLoader):
         seed: shuffling seed.
         consumed: returns how many batches of the current epoch the trainer has consumed
             (used by :meth:`state_dict`); without it, batches handed out are counted.
+        epoch: for a loader made anew every epoch, the trainer's current epoch: every pass
+            then uses that epoch's order (Lightning may call ``iter`` more than once per epoch).
+            By default passes count epochs from 0.
         **kwargs: passed to ``DataLoader`` (``num_workers``, ``collate_fn``, ...).
     """
 
@@ -61,17 +64,23 @@ class ResumableDataLoader(DataLoader):
         batch_size: int,
         seed: int = 0,
         consumed: Callable[[], int | None] | None = None,
+        epoch: int | None = None,
         **kwargs: Any,
     ) -> None:
         sampler = EpochSampler(len(dataset), seed=seed, shuffle=True)
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self._consumed = consumed
-        self._epoch = -1  # incremented when an epoch starts
+        self._pinned = epoch
+        self._epoch = -1 if epoch is None else epoch - 1  # incremented when an epoch starts
         self._handed_out = 0
         self._resume: dict[str, int] | None = None
 
     def __iter__(self):
         sampler: EpochSampler = self.sampler  # type: ignore[assignment]
+        if self._pinned is not None:
+            self._epoch = self._pinned - 1
+            if self._resume is not None and self._resume["epoch"] != self._pinned:
+                self._resume = None  # the state of another epoch's loader
         if self._resume is not None:
             self._epoch = self._resume["epoch"]
             self._handed_out = self._resume["batches"]

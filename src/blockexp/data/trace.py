@@ -6,16 +6,26 @@ Reads the released layout::
     <root>/<Task>/eval.json    (optional; validation loss of the current task)
     <root>/<Task>/test.json    scored by generation after every task (``eval_split``)
 
-Tasks are learned one after the other, in ``tasks`` order (default: the order of the TRACE and
-LLaMA Pro papers, :data:`TRACE_ORDER`), each for ``epochs`` epochs. The module picks the task of
-the running epoch itself (``trainer.current_epoch``), so one ``trainer.fit`` with
+Tasks are learned one after the other, in ``tasks`` order. When ``root`` holds TRACE's eight
+task folders and ``tasks`` is not given, the order is TRACE's (:data:`TRACE_ORDER`) and each task
+gets TRACE's epochs (5, 3, 7, 5, 3, 5, 5, 7). The module picks the task of the running epoch
+itself (``trainer.current_epoch``), so one ``trainer.fit`` with
 ``reload_dataloaders_every_n_epochs=1`` walks through the whole sequence (set up by
-:class:`blockexp.callbacks.TRACECallback`, which also scores every task after each one).
+:class:`blockexp.callbacks.TRACECallback`, which also scores the tasks after each one).
 
-Training examples are ``prompt + answer + eos`` with the loss on the answer and eos only
-(``prompt_format="plain"``, as TRACE trains), or the conversation
-``[user: prompt, assistant: answer]`` rendered by the chat template (``"chat"``). Over-long
-examples lose the start of the prompt, never the answer.
+``protocol`` (``trace`` by default, or ``reset``; :mod:`blockexp.continual.protocol`) fixes
+how the callback schedules the optimizer and decodes; ``scoring`` (``trace`` or ``lenient``;
+:mod:`blockexp.metrics`) how answers are scored; ``eval_tasks`` which tasks are scored after
+each round (``seen``: the tasks trained so far, as TRACE; ``all``: the full matrix).
+
+Training examples (``prompt_format="plain"``) are tokenised as TRACE's collator does: the text
+``prompt + answer`` in one piece (no special tokens, cut from the left to
+``max_prompt_len + max_ans_len``), then eos appended and bos prepended while the sequence is
+shorter than that limit; the loss is on the last ``len(tokens(answer)) + 1`` positions (the
+answer tokenised alone, plus eos). Generation prompts are ``prompt`` cut from the left to
+``max_prompt_len`` tokens, with bos prepended when shorter. A tokenizer without a bos token uses
+its eos token there (TRACE's tokenizer loader does the same). ``prompt_format="chat"`` renders
+``[user: prompt, assistant: answer]`` with the chat template instead (not TRACE's format).
 """
 
 from __future__ import annotations
@@ -26,9 +36,10 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
+from blockexp.continual.protocol import TRACE_EPOCHS, Protocol, get_protocol
+from blockexp.data.loader import ResumableDataLoader
 from blockexp.data.records import DataError, iter_json_records
 from blockexp.data.sft import (
     IGNORE_INDEX,
@@ -37,12 +48,12 @@ from blockexp.data.sft import (
     chat_template_for,
     encode_conversation,
 )
-from blockexp.metrics.text import METRICS, TRACE_TASK_METRICS
+from blockexp.metrics.text import METRICS, SCORING, TRACE_TASK_METRICS
 from blockexp.tokenization import load_tokenizer
 
 __all__ = ["TRACE_ORDER", "TRACEDataModule", "read_trace_split"]
 
-#: Task order of the LLaMA Pro paper's Tables 11-13 (and TRACE's default order).
+#: TRACE's task order (its scripts' default; the order of the LLaMA Pro paper's Tables 11-13).
 TRACE_ORDER: tuple[str, ...] = (
     "C-STANCE",
     "FOMC",
@@ -54,6 +65,7 @@ TRACE_ORDER: tuple[str, ...] = (
     "20Minuten",
 )
 SPLITS = ("train", "eval", "test")
+EVAL_TASKS = ("seen", "all")
 
 
 def read_trace_split(path: str | Path) -> list[dict[str, str]]:
@@ -91,28 +103,65 @@ def _cap(records: list[dict[str, str]], cap: int | None, seed: int, tag: str) ->
     return [records[i] for i in keep]
 
 
+def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        kind = "None or an integer >= 1" if allow_none else "an integer >= 1"
+        raise DataError(f"{name} must be {kind}, got {value!r}")
+
+
+def _default_tasks(root: Path) -> list[str]:
+    """TRACE's order when ``root`` holds its eight task folders; otherwise a clear error."""
+    missing = [t for t in TRACE_ORDER if not (root / t / "train.json").is_file()]
+    if not missing:
+        return list(TRACE_ORDER)
+    found = sorted(p.name for p in root.iterdir() if (p / "train.json").is_file())
+    raise DataError(
+        f"{root} does not hold TRACE's eight task folders (missing: {', '.join(missing)}); "
+        f"task folders found: {', '.join(found) or 'none'}. Point data.init_args.root at the "
+        "released TRACE data, or list the tasks to learn, in order, in data.init_args.tasks."
+    )
+
+
 class TRACEDataModule(L.LightningDataModule):
     """The TRACE tasks in sequence.
 
     Args:
         root: directory holding one sub-directory per task.
         tokenizer: tokenizer spec (linked from ``model.tokenizer`` by the CLI).
-        tasks: task directory names in training order; default :data:`TRACE_ORDER`.
-        epochs: epochs per task: one number for all, or one per task (TRACE uses 5, 3, 7, 5, 3,
-            5, 5, 7 for its default order).
+        tasks: task directory names in training order; default: TRACE's eight tasks in TRACE's
+            order (``root`` must hold them).
+        protocol: ``trace`` (TRACE's scripts: one optimizer, constant LR after warmup, weight
+            decay 0, sampling at temperature 0.1 with ``max_ans_len`` new tokens) or ``reset``
+            (optimizer and warmup + cosine schedule restarted per task, module's weight decay,
+            greedy decoding, budget longest gold + 8). See :mod:`blockexp.continual.protocol`.
+        scoring: ``trace`` (TRACE's evaluation code, comparable with published tables) or
+            ``lenient`` (stripped answers, answer extraction; *not* comparable with TRACE).
+        eval_tasks: ``seen`` scores the tasks trained so far after each round (TRACE: 36
+            evaluations for 8 tasks); ``all`` scores every task every round (the full matrix).
+        epochs: epochs per task: one number for all, or one per task; default TRACE's epochs
+            (5, 3, 7, 5, 3, 5, 5, 7 for C-STANCE ... 20Minuten), which only exist for its tasks.
         max_train_samples: per-task cap on training records (seeded subset), None for all.
         max_eval_samples: per-task cap on scored records of ``eval_split``.
         eval_split: the split scored by generation (``test`` as TRACE; or ``eval``).
         task_metrics: metric per task (see :data:`blockexp.metrics.METRICS`); TRACE's own tasks
             default to :data:`blockexp.metrics.TRACE_TASK_METRICS`, other tasks must be listed.
-        max_new_tokens: generation budget, for all tasks or per task; default per task: the
-            longest tokenised answer among its scored records, plus 8.
-        prompt_format: ``plain`` (prompt + answer + eos, as TRACE) or ``chat`` (chat template).
-        max_length: the longest training example (prompts are cut from the left to fit).
+        max_prompt_len: prompt tokens kept for generation (cut from the left; TRACE: 1024).
+        max_ans_len: answer budget (TRACE: 512); training sequences keep at most
+            ``max_prompt_len + max_ans_len`` tokens, cut from the left.
+        max_new_tokens: generation budget, for all tasks or per task; default the protocol's
+            (``trace``: ``max_ans_len``; ``reset``: the longest gold answer + 8).
+        do_sample: sample (True) or decode greedily (False); default the protocol's.
+        temperature: sampling temperature; default the protocol's (0.1).
+        warmup_steps: linear warmup (optimizer steps) of the ``trace`` protocol's one constant
+            schedule (TRACE's scripts: 0). The ``reset`` protocol uses the module's
+            ``warmup_ratio`` per task instead.
+        prompt_format: ``plain`` (prompt + answer, as TRACE) or ``chat`` (chat template).
         batch_size: training batch size.
         eval_batch_size: batch size of generation and validation.
         num_workers: DataLoader worker processes.
-        seed: seed of the sample caps and the shuffle.
+        seed: seed of the sample caps, the shuffle and the sampling.
         trust_remote_code: forwarded to the tokenizer loader.
     """
 
@@ -121,14 +170,21 @@ class TRACEDataModule(L.LightningDataModule):
         root: str,
         tokenizer: str = "byte",
         tasks: list[str] | None = None,
-        epochs: int | list[int] = 1,
+        protocol: str = "trace",
+        scoring: str = "trace",
+        eval_tasks: str = "seen",
+        epochs: int | list[int] | None = None,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         eval_split: str = "test",
         task_metrics: dict[str, str] | None = None,
+        max_prompt_len: int = 1024,
+        max_ans_len: int = 512,
         max_new_tokens: int | dict[str, int] | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        warmup_steps: int = 0,
         prompt_format: str = "plain",
-        max_length: int = 1024,
         batch_size: int = 8,
         eval_batch_size: int = 16,
         num_workers: int = 0,
@@ -140,17 +196,36 @@ class TRACEDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(
-                f"TRACE root {root!r} is not a directory (resolved to {self.root.resolve()}); "
-                "generate a synthetic one with `python -m blockexp.data.trace_synthetic DIR`"
+                f"TRACE root {root!r} is not a directory (resolved to {self.root.resolve()}). "
+                "Download the released TRACE data (see docs/trace.md) and point "
+                "data.init_args.root at the folder holding C-STANCE/, FOMC/, ...; or generate a "
+                "synthetic one with `python -m blockexp.data.trace_synthetic DIR`."
             )
-        self.tasks = list(tasks) if tasks else list(TRACE_ORDER)
+        try:
+            self.protocol: Protocol = get_protocol(protocol)
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        if scoring not in SCORING:
+            raise DataError(f"scoring must be one of {list(SCORING)}, got {scoring!r}")
+        if eval_tasks not in EVAL_TASKS:
+            raise DataError(f"eval_tasks must be one of {list(EVAL_TASKS)}, got {eval_tasks!r}")
+        self.tasks = list(tasks) if tasks else _default_tasks(self.root)
         if len(set(self.tasks)) != len(self.tasks):
             raise DataError(f"tasks must be unique, got {self.tasks}")
         if eval_split not in SPLITS:
             raise DataError(f"eval_split must be one of {SPLITS}, got {eval_split!r}")
         if prompt_format not in ("plain", "chat"):
             raise DataError(f"prompt_format must be 'plain' or 'chat', got {prompt_format!r}")
-        epochs_list = [epochs] * len(self.tasks) if isinstance(epochs, int) else list(epochs)
+        if epochs is None:
+            unknown = [t for t in self.tasks if t not in TRACE_EPOCHS]
+            if unknown:
+                raise DataError(
+                    f"set data.init_args.epochs (one number, or one per task): TRACE's per-task "
+                    f"epochs exist only for its own tasks, not for {unknown}"
+                )
+            epochs_list = [TRACE_EPOCHS[t] for t in self.tasks]
+        else:
+            epochs_list = [epochs] * len(self.tasks) if isinstance(epochs, int) else list(epochs)
         if len(epochs_list) != len(self.tasks) or any(
             isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in epochs_list
         ):
@@ -158,12 +233,14 @@ class TRACEDataModule(L.LightningDataModule):
                 f"epochs must be an integer >= 1 or one such integer per task "
                 f"({len(self.tasks)} tasks), got {epochs!r}"
             )
-        for name, cap in (
-            ("max_train_samples", max_train_samples),
-            ("max_eval_samples", max_eval_samples),
-        ):
-            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-                raise DataError(f"{name} must be None or an integer >= 1, got {cap!r}")
+        _positive_int("max_train_samples", max_train_samples)
+        _positive_int("max_eval_samples", max_eval_samples)
+        _positive_int("max_prompt_len", max_prompt_len, allow_none=False)
+        _positive_int("max_ans_len", max_ans_len, allow_none=False)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise DataError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        if temperature is not None and temperature <= 0:
+            raise DataError(f"temperature must be > 0, got {temperature!r}")
         metrics = {**TRACE_TASK_METRICS, **(task_metrics or {})}
         missing = [t for t in self.tasks if t not in metrics]
         if missing:
@@ -183,13 +260,21 @@ class TRACEDataModule(L.LightningDataModule):
                         f"<root>/<Task>/{{train,eval,test}}.json)"
                     )
         self.epochs = epochs_list
+        self.scoring = scoring
+        self.eval_tasks = eval_tasks
         self.task_metrics = {t: metrics[t] for t in self.tasks}
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
         self.eval_split = eval_split
+        self.max_prompt_len = max_prompt_len
+        self.max_ans_len = max_ans_len
         self._max_new_tokens = max_new_tokens
+        self.do_sample = self.protocol.do_sample if do_sample is None else bool(do_sample)
+        self.temperature = self.protocol.temperature if temperature is None else temperature
+        if self.do_sample and self.temperature is None:
+            self.temperature = 1.0
+        self.warmup_steps = warmup_steps
         self.prompt_format = prompt_format
-        self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -226,36 +311,92 @@ class TRACEDataModule(L.LightningDataModule):
             return self.task_for_epoch(trainer.current_epoch)
         return self.task_index
 
+    def tasks_to_score(self, round_index: int) -> list[int]:
+        """Indices of the tasks scored after round ``round_index`` (0-based)."""
+        if self.eval_tasks == "seen":
+            return list(range(round_index + 1))
+        return list(range(len(self.tasks)))
+
     # -------------------------------------------------------------------------- encoding
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids the model sees before it answers (also the generation input)."""
+    @property
+    def bos_token_id(self) -> int:
+        """The id put before every sequence: bos, or eos for a tokenizer without bos."""
+        bos = self.tokenizer.bos_token_id
+        return self.tokenizer.eos_token_id if bos is None else bos
+
+    @property
+    def pad_token_id(self) -> int:
+        """The padding id: pad, else unk, else eos (TRACE pads Llama with unk, others with eos)."""
+        for token_id in (
+            self.tokenizer.pad_token_id,
+            self.tokenizer.unk_token_id,
+            self.tokenizer.eos_token_id,
+        ):
+            if token_id is not None:
+                return token_id
+        raise DataError("the tokenizer has no pad, unk or eos token to pad with")
+
+    def _tokens(self, texts: list[str], limit: int) -> list[list[int]]:
+        """Token ids of each text without special tokens, cut from the left to ``limit``."""
+        if not texts:
+            return []
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [row[-limit:] if len(row) > limit else row for row in ids]
+
+    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
+        """Generation inputs: each prompt cut from the left to ``max_prompt_len`` tokens, with
+        bos prepended when shorter (``plain``), or the chat-template rendering (``chat``)."""
+        limit = self.max_prompt_len
         if self.prompt_format == "chat":
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                chat_template=chat_template_for(self.tokenizer),
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}],
+                    chat_template=chat_template_for(self.tokenizer),
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+                for p in prompts
+            ]
+            return self._tokens(texts, limit)
+        return [
+            [self.bos_token_id, *ids] if len(ids) < limit else ids
+            for ids in self._tokens(prompts, limit)
+        ]
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids the model sees before it answers (see :meth:`encode_prompts`)."""
+        return self.encode_prompts([prompt])[0]
+
+    def encode_examples(self, records: list[dict[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """``(input_ids, labels)`` of each record; labels only on the answer and eos."""
+        limit = self.max_prompt_len + self.max_ans_len
+        if self.prompt_format == "chat":
+            return [self._encode_chat(r["prompt"], r["answer"], limit) for r in records]
+        joint = self._tokens([r["prompt"] + r["answer"] for r in records], limit)
+        answers = self._tokens([r["answer"] for r in records], limit)
+        eos, bos = self.tokenizer.eos_token_id, self.bos_token_id
+        examples = []
+        for ids, answer in zip(joint, answers, strict=True):
+            if len(ids) < limit:
+                ids = [*ids, eos]
+            if len(ids) < limit:
+                ids = [bos, *ids]
+            n = min(len(answer) + (1 if len(answer) < limit else 0), len(ids))
+            labels = [IGNORE_INDEX] * (len(ids) - n) + ids[len(ids) - n :]
+            examples.append((ids, labels))
+        return examples
 
     def encode_example(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-        """``(input_ids, labels)`` of one record: labels only on the answer (and eos)."""
-        if self.prompt_format == "chat":
-            messages = [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": answer},
-            ]
-            ids, labels = encode_conversation(self.tokenizer, messages)
-        else:
-            head = self.encode_prompt(prompt)
-            tail = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-            tail = [*tail, self.tokenizer.eos_token_id]
-            ids, labels = head + tail, [IGNORE_INDEX] * len(head) + tail
-        if len(ids) > self.max_length:  # cut the prompt's start, keep the answer
+        """``(input_ids, labels)`` of one record (see :meth:`encode_examples`)."""
+        return self.encode_examples([{"prompt": prompt, "answer": answer}])[0]
+
+    def _encode_chat(self, prompt: str, answer: str, limit: int) -> tuple[list[int], list[int]]:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        ids, labels = encode_conversation(self.tokenizer, messages)
+        if len(ids) > limit:  # cut the prompt's start, keep the answer
             first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
-            cut = min(len(ids) - self.max_length, first)
-            ids, labels = ids[cut:][: self.max_length], labels[cut:][: self.max_length]
+            cut = min(len(ids) - limit, first)
+            ids, labels = ids[cut:][:limit], labels[cut:][:limit]
         return ids, labels
 
     def answer_length(self, answer: str) -> int:
@@ -274,10 +415,10 @@ class TRACEDataModule(L.LightningDataModule):
             return
         for task in self.tasks:
             train = self._records(task, "train", self.max_train_samples)
-            self._train[task] = SFTDataset([self.encode_example(**r) for r in train])
+            self._train[task] = SFTDataset(self.encode_examples(train))
             val_path = self.root / task / "eval.json"
             val = self._records(task, "eval", self.max_eval_samples) if val_path.is_file() else []
-            self._val[task] = SFTDataset([self.encode_example(**r) for r in val])
+            self._val[task] = SFTDataset(self.encode_examples(val))
             self._scored[task] = self._records(task, self.eval_split, self.max_eval_samples)
 
     def scored_records(self, task: str) -> list[dict[str, str]]:
@@ -291,6 +432,8 @@ class TRACEDataModule(L.LightningDataModule):
             return self._max_new_tokens
         if isinstance(self._max_new_tokens, dict) and task in self._max_new_tokens:
             return int(self._max_new_tokens[task])
+        if self.protocol.budget == "max_ans_len":
+            return self.max_ans_len
         return max(self.answer_length(r["answer"]) for r in self.scored_records(task)) + 8
 
     def metric_name(self, task: str) -> str:
@@ -303,14 +446,28 @@ class TRACEDataModule(L.LightningDataModule):
         return self._train[task]
 
     def _loader(self, dataset: SFTDataset, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(
+        collate = _Collator(self.pad_token_id, "right")
+        if not shuffle:
+            return DataLoader(
+                dataset, batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers
+            )
+        # A new order every epoch that depends only on (seed, epoch), resumable mid-epoch.
+        trainer = getattr(self, "trainer", None)
+        return ResumableDataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            collate_fn=_Collator(self.tokenizer.pad_token_id, "right"),
+            batch_size,
+            seed=self.seed,
+            consumed=self._batches_consumed,
+            epoch=trainer.current_epoch if trainer is not None else 0,
+            collate_fn=collate,
             num_workers=self.num_workers,
         )
+
+    def _batches_consumed(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         """Training batches of the current task (re-made every epoch)."""

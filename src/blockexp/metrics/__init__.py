@@ -1,27 +1,26 @@
-"""Metrics: TRACE task metrics (torchmetrics) and continual-learning scores (OP, BWT)."""
+"""Metrics: TRACE task metrics (TRACE's own definitions by default) and continual-learning
+scores (OP, BWT)."""
 
+from . import trace
 from .continual import as_score_matrix, backward_transfer, overall_performance
 from .text import (
     METRICS,
-    SARI,
+    SCORING,
     TRACE_TASK_METRICS,
-    AnswerAccuracy,
-    EditSimilarity,
-    RougeL,
+    TaskMetric,
     build_metric,
     edit_similarity,
     extract_choice,
     extract_number,
     sari_sentence,
+    score_samples,
 )
 
 __all__ = [
     "METRICS",
-    "SARI",
+    "SCORING",
     "TRACE_TASK_METRICS",
-    "AnswerAccuracy",
-    "EditSimilarity",
-    "RougeL",
+    "TaskMetric",
     "as_score_matrix",
     "backward_transfer",
     "build_metric",
@@ -30,4 +29,6 @@ __all__ = [
     "extract_number",
     "overall_performance",
     "sari_sentence",
+    "score_samples",
+    "trace",
 ]

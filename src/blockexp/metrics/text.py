@@ -1,90 +1,74 @@
-"""TRACE task metrics as torchmetrics ``Metric`` objects.
+"""TRACE task metrics as torchmetrics ``Metric`` objects, with two scoring rules.
 
-TRACE (Wang et al., 2023, arXiv:2310.06762) scores each task with one metric; its evaluation
-scripts define them as:
+``scoring="trace"`` (the default) reproduces TRACE's evaluation code sample by sample
+(:mod:`blockexp.metrics.trace`); its numbers are comparable with published TRACE tables.
+``scoring="lenient"`` strips predictions and extracts answers (a choice letter, the first
+number); it is **not comparable with TRACE** and is meant for looking at small or untrained
+models, whose answers are right but badly formatted.
 
-==============================  ===================  ==========================================
-tasks                           name here            definition (TRACE's evaluation code)
-==============================  ===================  ==========================================
-C-STANCE, FOMC, ScienceQA       ``accuracy``         exact match of the answer choice: the first
-                                                     character of the stripped prediction vs. the
-                                                     first character of the gold answer
-NumGLUE-cm, NumGLUE-ds          ``accuracy_number``  exact match of the answer; here the first
-                                                     number in the prediction vs. the gold number
-MeetingBank                     ``rouge_l``          ROUGE-L F-measure, averaged over samples
-Py150                           ``edit_similarity``  ``fuzz.ratio(pred, gold) / 100`` after
-                                                     replacing ``<STR_LIT>``-style placeholders:
-                                                     1 - InDel distance / (len(pred) + len(gold))
-20Minuten                       ``sari``             SARI (Xu et al., 2016), Hugging Face
-                                                     ``sari`` semantics, one reference, in [0, 1]
-==============================  ===================  ==========================================
+=====================  ==========================  ===========================================
+metric                 ``trace`` (TRACE's code)    ``lenient``
+=====================  ==========================  ===========================================
+``accuracy``           whole string ==             first letter after stripping spaces and
+                       (C-STANCE, FOMC)            brackets, case-insensitive
+``first_char_accuracy``  ``pred[0] == gold[0]``    as ``accuracy``
+                       (ScienceQA)
+``accuracy_number``    whole string ==             first number in the text == gold number
+                       (NumGLUE-cm, NumGLUE-ds)
+``exact_match``        whole string ==             stripped strings ==
+``rouge_l``            ``rouge`` package ROUGE-L   torchmetrics ROUGE-L F (tokens, no stemming)
+                       F (MeetingBank)
+``edit_similarity``    ``fuzz.ratio`` integer      unrounded InDel similarity after the same
+                       percent / 100 (Py150)       placeholder clean-up
+``sari``               HF ``sari`` / 100           as ``trace``, but an empty prediction
+                       (20Minuten)                 scores 0
+=====================  ==========================  ===========================================
 
-Every metric takes ``update(preds, targets, sources=None)`` (``sources`` are the prompts; only
-SARI uses them) and returns a scalar tensor in ``[0, 1]`` from ``compute()``. As in TRACE, an
-empty prediction scores 0 and still counts in the average.
+In both, an empty prediction counts in the average. Every metric takes
+``update(preds, targets, sources=None)`` (``sources`` are the prompts; only SARI uses them) and
+``compute()`` returns the mean per-sample score, a scalar tensor in ``[0, 1]``.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.text import ROUGEScore
+
+from . import trace as _trace
 
 __all__ = [
     "METRICS",
+    "SCORING",
     "TRACE_TASK_METRICS",
-    "AnswerAccuracy",
-    "EditSimilarity",
-    "RougeL",
-    "SARI",
+    "TaskMetric",
     "build_metric",
     "edit_similarity",
     "extract_choice",
     "extract_number",
     "sari_sentence",
+    "score_samples",
 ]
 
+#: The scoring rules: ``trace`` (TRACE's code, the default) and ``lenient`` (answer extraction,
+#: not comparable with TRACE).
+SCORING: tuple[str, ...] = ("trace", "lenient")
 
-class _MeanScore(Metric):
-    """Base: the mean of per-sample scores (sum and count states, summed across processes)."""
+#: The metric of each TRACE task (TRACE's ``evaluations/eval_<task>.py``).
+TRACE_TASK_METRICS: dict[str, str] = {
+    "C-STANCE": "accuracy",
+    "FOMC": "accuracy",
+    "MeetingBank": "rouge_l",
+    "Py150": "edit_similarity",
+    "ScienceQA": "first_char_accuracy",
+    "NumGLUE-cm": "accuracy_number",
+    "NumGLUE-ds": "accuracy_number",
+    "20Minuten": "sari",
+}
 
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state(
-            "total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
-        )
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def score(self, pred: str, target: str, source: str | None) -> float:  # pragma: no cover
-        raise NotImplementedError
-
-    def update(
-        self, preds: Sequence[str], targets: Sequence[str], sources: Sequence[str] | None = None
-    ) -> None:
-        """Add a batch of predictions, gold answers and (optionally) prompts."""
-        preds, targets = list(preds), list(targets)
-        if len(preds) != len(targets):
-            raise ValueError(f"{len(preds)} predictions but {len(targets)} targets")
-        if sources is not None and len(sources) != len(preds):
-            raise ValueError(f"{len(preds)} predictions but {len(sources)} sources")
-        srcs = list(sources) if sources is not None else [None] * len(preds)
-        batch = sum(self.score(p, t, s) for p, t, s in zip(preds, targets, srcs, strict=True))
-        self.total += float(batch)
-        self.count += len(preds)
-
-    def compute(self) -> torch.Tensor:
-        """The mean score (0 when nothing was added)."""
-        return (self.total / self.count.clamp(min=1)).float()
-
-
-# ------------------------------------------------------------------------------------- accuracy
+# ---------------------------------------------------------------------------- lenient helpers
 
 _NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)")
 
@@ -107,216 +91,183 @@ def extract_number(text: str) -> float | None:
         return None
 
 
-class AnswerAccuracy(_MeanScore):
-    """Accuracy with answer extraction.
+def edit_similarity(prediction: str, target: str) -> float:
+    """``1 - indel_distance / (len(a) + len(b))`` in [0, 1], unrounded (rapidfuzz's InDel
+    normalized similarity; two empty strings score 1). ``fuzz.ratio`` is this x100."""
+    from rapidfuzz.distance import Indel
 
-    Args:
-        mode: ``"choice"`` compares :func:`extract_choice` of prediction and gold (TRACE's
-            classification and multiple-choice tasks, answers like ``"B"``); ``"number"`` compares
-            the first number of each (NumGLUE; falls back to exact match when the gold answer
-            holds no number); ``"exact"`` compares the stripped strings.
-    """
-
-    def __init__(self, mode: str = "choice") -> None:
-        if mode not in ("choice", "number", "exact"):
-            raise ValueError(f"mode must be 'choice', 'number' or 'exact', got {mode!r}")
-        super().__init__()
-        self.mode = mode
-
-    def score(self, pred: str, target: str, source: str | None) -> float:
-        pred, target = pred.strip(), target.strip()
-        if not pred or not target:
-            return 0.0
-        if self.mode == "choice":
-            return float(extract_choice(pred) == extract_choice(target))
-        if self.mode == "number":
-            gold = extract_number(target)
-            if gold is not None:
-                guess = extract_number(pred)
-                return float(guess is not None and abs(guess - gold) <= 1e-6 * max(1.0, abs(gold)))
-        return float(pred == target)
+    return float(Indel.normalized_similarity(prediction, target))
 
 
-# ------------------------------------------------------------------------------ edit similarity
-
-_LITERAL_RE = re.compile(r"<(STR|NUM|CHAR)_LIT:(.*?)>", re.S)
-
-
-def _py150_postprocess(code: str) -> str:
-    """Replace Py150's literal placeholders as TRACE does before scoring."""
-    code = code.replace("<NUM_LIT>", "0").replace("<STR_LIT>", "").replace("<CHAR_LIT>", "")
-    return _LITERAL_RE.sub(lambda m: m.group(2), code)
+def sari_sentence(source: str, prediction: str, references: str | Sequence[str]) -> float:
+    """Sentence SARI in [0, 1] as the Hugging Face ``sari`` metric (see
+    :func:`blockexp.metrics.trace.sari`)."""
+    return _trace.sari(source, prediction, references)
 
 
-def _lcs_length(a: str, b: str) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for ca in a:
-        cur = [0]
-        for j, cb in enumerate(b, start=1):
-            cur.append(prev[j - 1] + 1 if ca == cb else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+def _lenient_choice(prediction: str, target: str) -> float:
+    prediction, target = prediction.strip(), target.strip()
+    if not prediction or not target:
+        return 0.0
+    return float(extract_choice(prediction) == extract_choice(target))
 
 
-def edit_similarity(pred: str, target: str) -> float:
-    """``1 - indel_distance / (len(pred) + len(target))`` in [0, 1].
-
-    The InDel distance counts insertions and deletions (a substitution costs 2); this is the
-    ratio ``fuzzywuzzy.fuzz.ratio`` returns (x100, rounded) with python-Levenshtein, which TRACE
-    uses for Py150. Two empty strings score 1.
-    """
-    total = len(pred) + len(target)
-    if total == 0:
-        return 1.0
-    indel = total - 2 * _lcs_length(pred, target)
-    return 1.0 - indel / total
+def _lenient_number(prediction: str, target: str) -> float:
+    prediction, target = prediction.strip(), target.strip()
+    if not prediction or not target:
+        return 0.0
+    gold = extract_number(target)
+    if gold is None:
+        return float(prediction == target)
+    guess = extract_number(prediction)
+    return float(guess is not None and abs(guess - gold) <= 1e-6 * max(1.0, abs(gold)))
 
 
-class EditSimilarity(_MeanScore):
-    """Mean :func:`edit_similarity` (TRACE's Py150 metric).
-
-    Args:
-        py150_literals: replace ``<NUM_LIT>``, ``<STR_LIT:x>`` ... placeholders first, as TRACE.
-    """
-
-    def __init__(self, py150_literals: bool = True) -> None:
-        super().__init__()
-        self.py150_literals = py150_literals
-
-    def score(self, pred: str, target: str, source: str | None) -> float:
-        if not pred or not target:
-            return 0.0
-        if self.py150_literals:
-            pred, target = _py150_postprocess(pred), _py150_postprocess(target)
-        return edit_similarity(pred, target)
+def _lenient_exact(prediction: str, target: str) -> float:
+    prediction, target = prediction.strip(), target.strip()
+    return float(bool(prediction) and prediction == target)
 
 
-# ------------------------------------------------------------------------------------------ SARI
+def _lenient_rouge_l(prediction: str, target: str) -> float:
+    from torchmetrics.functional.text import rouge_score
 
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
-
-
-def _normalize(text: str) -> list[str]:
-    """Lower-case and split words from punctuation (close to sacrebleu's 13a tokenizer)."""
-    return _TOKEN_RE.findall(text.lower())
+    scores = rouge_score(prediction.strip(), target, rouge_keys="rougeL", use_stemmer=False)
+    return float(scores["rougeL_fmeasure"])
 
 
-def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+def _lenient_edit_similarity(prediction: str, target: str) -> float:
+    prediction = prediction.strip()
+    if not prediction or not target:
+        return 0.0
+    return edit_similarity(_trace.py150_postprocess(prediction), _trace.py150_postprocess(target))
 
 
-def _sari_ngram(
-    src: list[tuple], pred: list[tuple], refs: list[list[tuple]]
-) -> tuple[float, float, float]:
-    """Keep F1, deletion precision and addition F1 for one n-gram order.
-
-    Follows the tensor2tensor / Hugging Face ``sari`` definition: source and prediction counts
-    are scaled by the number of references, and 0/0 counts as a perfect score.
-    """
-    numref = len(refs)
-    ref_counts = Counter(g for ref in refs for g in ref)
-    src_counts = Counter({g: c * numref for g, c in Counter(src).items()})
-    pred_counts = Counter({g: c * numref for g, c in Counter(pred).items()})
-
-    keep = src_counts & pred_counts
-    keep_good = keep & ref_counts
-    keep_all = src_counts & ref_counts
-    keep_p = sum(keep_good[g] / keep[g] for g in keep) / len(keep) if keep else 1.0
-    keep_r = sum(keep_good[g] for g in keep) / sum(keep_all.values()) if keep_all else 1.0
-    keep_f = 2 * keep_p * keep_r / (keep_p + keep_r) if keep_p + keep_r > 0 else 0.0
-
-    deleted = src_counts - pred_counts
-    del_good = deleted - ref_counts
-    del_p = sum(del_good[g] / deleted[g] for g in deleted) / len(deleted) if deleted else 1.0
-
-    added = set(pred_counts) - set(src_counts)
-    add_good = added & set(ref_counts)
-    add_all = set(ref_counts) - set(src_counts)
-    add_p = len(add_good) / len(added) if added else 1.0
-    add_r = len(add_good) / len(add_all) if add_all else 1.0
-    add_f = 2 * add_p * add_r / (add_p + add_r) if add_p + add_r > 0 else 0.0
-    return keep_f, del_p, add_f
+def _lenient_sari(prediction: str, target: str, source: str) -> float:
+    if not prediction.strip():
+        return 0.0
+    return _trace.sari(source, prediction.strip(), target)
 
 
-def sari_sentence(source: str, pred: str, references: Sequence[str]) -> float:
-    """SARI of one prediction in [0, 1]: mean of keep, delete and add scores over 1-4-grams."""
-    if not references:
-        raise ValueError("SARI needs at least one reference")
-    s, p = _normalize(source), _normalize(pred)
-    rs = [_normalize(r) for r in references]
-    keep = dele = add = 0.0
-    for n in range(1, 5):
-        k, d, a = _sari_ngram(_ngrams(s, n), _ngrams(p, n), [_ngrams(r, n) for r in rs])
-        keep, dele, add = keep + k, dele + d, add + a
-    return (keep + dele + add) / 12.0
+# ---------------------------------------------------------------------------------- registry
+
+#: Metric names with a one-line description of each (``trace`` scoring).
+METRICS: dict[str, str] = {
+    "accuracy": "exact match of the whole answer (TRACE: C-STANCE, FOMC)",
+    "first_char_accuracy": "first character equal (TRACE: ScienceQA)",
+    "accuracy_number": "exact match of the whole answer (TRACE: NumGLUE)",
+    "exact_match": "exact match of the whole answer",
+    "rouge_l": "ROUGE-L F of the rouge package (TRACE: MeetingBank)",
+    "edit_similarity": "fuzz.ratio / 100 after Py150 clean-up (TRACE: Py150)",
+    "sari": "SARI / 100, Hugging Face sari metric (TRACE: 20Minuten)",
+}
+
+_Scorer = Callable[[str, str, str | None], float]
 
 
-class SARI(_MeanScore):
-    """Mean sentence SARI against one reference per sample (TRACE's 20Minuten metric).
+def _pair(fn: Callable[[str, str], float]) -> _Scorer:
+    return lambda prediction, target, source: fn(prediction, target)
 
-    ``sources`` (the inputs to simplify) are required in :meth:`update`. For TRACE the prompt is
-    used as the source, as in TRACE's evaluation.
-    """
 
-    def score(self, pred: str, target: str, source: str | None) -> float:
+def _needs_source(fn: Callable[[str, str, str], float]) -> _Scorer:
+    def scorer(prediction: str, target: str, source: str | None) -> float:
         if source is None:
-            raise ValueError("SARI needs the source sentences: update(preds, targets, sources)")
-        if not pred.strip():
-            return 0.0
-        return sari_sentence(source, pred, [target])
+            raise ValueError("SARI needs the source texts: update(preds, targets, sources)")
+        return fn(prediction, target, source)
+
+    return scorer
 
 
-# --------------------------------------------------------------------------------------- ROUGE-L
+_SCORERS: dict[str, dict[str, _Scorer]] = {
+    "trace": {
+        "accuracy": _pair(_trace.exact_match),
+        "first_char_accuracy": _pair(_trace.first_char_match),
+        "accuracy_number": _pair(_trace.exact_match),
+        "exact_match": _pair(_trace.exact_match),
+        "rouge_l": _pair(_trace.rouge_l),
+        "edit_similarity": _pair(_trace.py150_similarity),
+        "sari": _needs_source(lambda p, t, s: _trace.sari(s, p, t)),
+    },
+    "lenient": {
+        "accuracy": _pair(_lenient_choice),
+        "first_char_accuracy": _pair(_lenient_choice),
+        "accuracy_number": _pair(_lenient_number),
+        "exact_match": _pair(_lenient_exact),
+        "rouge_l": _pair(_lenient_rouge_l),
+        "edit_similarity": _pair(_lenient_edit_similarity),
+        "sari": _needs_source(_lenient_sari),
+    },
+}
 
 
-class RougeL(ROUGEScore):
-    """Mean sentence ROUGE-L F-measure (torchmetrics' ``ROUGEScore``; TRACE's MeetingBank metric).
+def _check(name: str, scoring: str) -> None:
+    if scoring not in SCORING:
+        raise ValueError(f"unknown scoring {scoring!r}; choose one of {list(SCORING)}")
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose one of {sorted(METRICS)}")
 
-    No stemming, so it needs no ``nltk``.
+
+class TaskMetric(Metric):
+    """The mean per-sample score of one task metric (sum and count states, summed across
+    processes).
+
+    Args:
+        name: a key of :data:`METRICS`.
+        scoring: ``trace`` (TRACE's code, default) or ``lenient`` (not comparable with TRACE).
     """
 
-    def __init__(self) -> None:
-        super().__init__(rouge_keys="rougeL", use_stemmer=False)
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, name: str, scoring: str = "trace") -> None:
+        _check(name, scoring)
+        super().__init__()
+        self.name = name
+        self.scoring = scoring
+        self.add_state(
+            "total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def score(self, prediction: str, target: str, source: str | None = None) -> float:
+        """One sample's score in [0, 1]."""
+        return _SCORERS[self.scoring][self.name](prediction, target, source)
+
+    def scores(
+        self, preds: Sequence[str], targets: Sequence[str], sources: Sequence[str] | None = None
+    ) -> list[float]:
+        """Per-sample scores of a batch (does not change the metric's state)."""
+        preds, targets = list(preds), list(targets)
+        if len(preds) != len(targets):
+            raise ValueError(f"{len(preds)} predictions but {len(targets)} targets")
+        if sources is not None and len(sources) != len(preds):
+            raise ValueError(f"{len(preds)} predictions but {len(sources)} sources")
+        srcs = list(sources) if sources is not None else [None] * len(preds)
+        return [self.score(p, t, s) for p, t, s in zip(preds, targets, srcs, strict=True)]
 
     def update(
         self, preds: Sequence[str], targets: Sequence[str], sources: Sequence[str] | None = None
     ) -> None:
-        """Add a batch (``sources`` is ignored)."""
-        super().update(list(preds), list(targets))
+        """Add a batch of predictions, gold answers and (for SARI) the prompts."""
+        batch = self.scores(preds, targets, sources)
+        self.total += float(sum(batch))
+        self.count += len(batch)
 
     def compute(self) -> torch.Tensor:
-        """The mean ROUGE-L F-measure."""
-        return super().compute()["rougeL_fmeasure"]
+        """The mean score (0 when nothing was added)."""
+        return (self.total / self.count.clamp(min=1)).float()
 
 
-# ------------------------------------------------------------------------------------- registry
-
-METRICS: dict[str, tuple[type[Metric], dict]] = {
-    "accuracy": (AnswerAccuracy, {"mode": "choice"}),
-    "accuracy_number": (AnswerAccuracy, {"mode": "number"}),
-    "exact_match": (AnswerAccuracy, {"mode": "exact"}),
-    "rouge_l": (RougeL, {}),
-    "edit_similarity": (EditSimilarity, {}),
-    "sari": (SARI, {}),
-}
-
-TRACE_TASK_METRICS: dict[str, str] = {
-    "C-STANCE": "accuracy",
-    "FOMC": "accuracy",
-    "MeetingBank": "rouge_l",
-    "Py150": "edit_similarity",
-    "ScienceQA": "accuracy",
-    "NumGLUE-cm": "accuracy_number",
-    "NumGLUE-ds": "accuracy_number",
-    "20Minuten": "sari",
-}
+def build_metric(name: str, scoring: str = "trace") -> TaskMetric:
+    """A fresh metric by name (a key of :data:`METRICS`) under a scoring rule (:data:`SCORING`)."""
+    return TaskMetric(name, scoring)
 
 
-def build_metric(name: str) -> Metric:
-    """A fresh metric by name (one of :data:`METRICS`)."""
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; choose one of {sorted(METRICS)}")
-    cls, kwargs = METRICS[name]
-    return cls(**kwargs)
+def score_samples(
+    name: str,
+    preds: Sequence[str],
+    targets: Sequence[str],
+    sources: Sequence[str] | None = None,
+    scoring: str = "trace",
+) -> list[float]:
+    """Per-sample scores of ``preds`` against ``targets`` with metric ``name``."""
+    return build_metric(name, scoring).scores(preds, targets, sources)
