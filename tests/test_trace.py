@@ -419,6 +419,24 @@ def test_trace_configs_parse(monkeypatch, tmp_path):
             assert (dm.max_prompt_len, dm.max_ans_len) == (1024, 512)
         callbacks = [c for c in cli.trainer.callbacks if isinstance(c, TRACECallback)]
         assert len(callbacks) == 1
+    # docs/trace.md: per-round models for TRACE's inference script from the command line.
+    cli = BlockexpCLI(
+        args=[
+            "--config",
+            str(REPO / "configs/trace/lora.yaml"),
+            "--data.init_args.root",
+            str(root),
+            "--trainer.logger",
+            "false",
+            "--trainer.callbacks.init_args.save_round_models",
+            "true",
+            "--trainer.callbacks.init_args.round_model_format",
+            "pytorch_bin",
+        ],
+        run=False,
+    )
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, TRACECallback)]
+    assert callback.save_round_models and callback.round_model_format == "pytorch_bin"
 
 
 def test_micro_config_end_to_end(tmp_path, monkeypatch, capsys):
