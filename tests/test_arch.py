@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from blockexp.arch import UnsupportedArchitectureError, get_arch, supported_model_types
 from blockexp.checkpoint import load_model
 from blockexp.expanders import LlamaPro, SLayer
+from blockexp.layers import UnsupportedArchitectureError, get_arch, supported_model_types
 from tests.conftest import tiny_llama_dict
 
 # Tiny configs; the sliding window (4) is shorter than the generated sequences, so sliding
@@ -55,7 +55,7 @@ def test_identity_and_cached_generation(model_type, expander_name):
     base = make_model(model_type)
     model = copy.deepcopy(base)
     expander = EXPANDERS[expander_name]()
-    assert expander.preserves_function
+    assert expander.is_identity()
     expansion = expander.expand(model)
     assert model.config.num_hidden_layers == expansion.plan.num_layers > 4
     assert len(get_arch(model).layers(model)) == model.config.num_hidden_layers

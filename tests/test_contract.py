@@ -3,7 +3,7 @@
 Adding a strategy: register it (``@register_expander``) and add ONE row to ``ROWS`` below (tiny
 constructor args, base depth, expected depth and the parameters expected to train). Each row gets
 every test in this file: depth, identity at initialisation (when the class claims
-``preserves_function``), exact trainable set, only trainable parameters change after optimizer
+``is_identity()``), exact trainable set, only trainable parameters change after optimizer
 steps, export + reload give the same logits, and cached generation works.
 """
 
@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM
 
-from blockexp.arch import get_arch
 from blockexp.checkpoint import load_model, save_pretrained_atomic
 from blockexp.expanders import Expansion, expander_names, get_expander
+from blockexp.layers import get_arch
 from blockexp.loss import causal_lm_forward_loss
 from tests.conftest import tiny_llama_dict
 
@@ -189,7 +188,7 @@ def test_depth(case: Case):
 
 
 def test_identity_at_init(case: Case):
-    if not case.expander.preserves_function:
+    if not case.expander.is_identity():
         pytest.skip(f"{case.name}{case.row.kwargs} does not claim to preserve the function")
     with torch.no_grad():
         want = case.base(_ids(1)).logits
@@ -219,10 +218,7 @@ def test_only_trainable_parameters_change(trained: Case):
 
 
 def _reload(expander, directory) -> nn.Module:
-    loader = getattr(type(expander), "load_exported", None)
-    if loader is not None:
-        return loader(directory)
-    return AutoModelForCausalLM.from_pretrained(directory).eval()
+    return type(expander).load_exported(directory)  # a declared capability of every expander
 
 
 def test_export_and_reload_give_the_same_logits(trained: Case, tmp_path):

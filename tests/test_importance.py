@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockexp.arch import get_arch
 from blockexp.cli import main
-from blockexp.expanders import SLayer, zero_residual_writers
+from blockexp.expanders import SLayer
 from blockexp.importance import (
     MultipleChoiceItem,
     angular_distance,
@@ -28,6 +27,7 @@ from blockexp.importance import (
     removal_plan,
     temporary_plan,
 )
+from blockexp.layers import get_arch, zero_residual_writers
 from blockexp.tokenization import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 
-from blockexp.arch import UnsupportedArchitectureError, get_arch
 from blockexp.expanders import (
     LlamaPro,
     build_expander,
@@ -16,6 +15,7 @@ from blockexp.expanders import (
     register_expander,
 )
 from blockexp.expanders.base import Expander
+from blockexp.layers import UnsupportedArchitectureError, get_arch
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from blockexp.expanders import ExpanderConfigError, LlamaPro
-from blockexp.plan import LayerSpec, Plan, PlanError
+from blockexp.layers import LayerSpec, Plan, PlanError
 
 
 def test_llama_pro_plan_matches_paper_8_3b():

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from blockexp.arch import get_arch
 from blockexp.checkpoint import MANIFEST_NAME
 from blockexp.cli import main
 from blockexp.expanders import ExpanderConfigError, SLayer, build_expander
+from blockexp.layers import get_arch
 
 LLAMA2_7B_PARAMS = 6_738_415_616
 LLAMA2_7B_LAYER = 202_383_360
@@ -141,11 +141,11 @@ def test_trainable_set_is_new_blocks_and_final_block(tiny_llama):
 
 
 def test_preserves_function_only_without_pruning(tiny_llama):
-    assert SLayer.preserves_function is False
-    assert SLayer().preserves_function is False
-    assert SLayer(num_deleted=0, zero_out=False).preserves_function is False
+    assert SLayer.preserves_function is False  # not for every argument (declared per class)
+    assert SLayer().is_identity() is False
+    assert SLayer(num_deleted=0, zero_out=False).is_identity() is False
     exp = SLayer(num_deleted=0)
-    assert exp.preserves_function is True
+    assert exp.is_identity() is True and SLayer.preserves_function is False
     base = tiny_llama(8)
     model = copy.deepcopy(base)
     exp.expand(model)

@@ -16,7 +16,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForCausalLM
 
-from blockexp.arch import get_arch
 from blockexp.cli import main
 from blockexp.data import CPTDataModule, DataSource
 from blockexp.expanders import (
@@ -30,6 +29,7 @@ from blockexp.expanders import (
     get_expander,
 )
 from blockexp.expanders.moe import MOE_WEIGHTS_NAME, MoEFeedForward, load_moe_model
+from blockexp.layers import get_arch
 from blockexp.module import BlockExpansionModule
 from tests.conftest import tiny_llama_dict
 

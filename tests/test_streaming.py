@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from blockexp.checkpoint import MANIFEST_NAME
 from blockexp.cli import main
 from blockexp.expanders import Expander, LlamaPro
-from blockexp.plan import LayerSpec, Plan
+from blockexp.layers import LayerSpec, Plan
 from blockexp.streaming import (
     INDEX_FILE,
     StreamingError,
@@ -30,6 +30,8 @@ from blockexp.tokenization import load_tokenizer
 
 class MeanBetween(Expander):
     """Test strategy: after every other layer, a trainable mean of it and the next (SLayer-like)."""
+
+    streamable = True
 
     def plan(self, num_layers: int) -> Plan:
         groups = []
@@ -61,8 +63,10 @@ def _tensors(directory: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _save_base(tiny_llama, path: Path, dtype=torch.float32, shard="30KB", **overrides) -> Path:
-    model = tiny_llama(4, **overrides).to(dtype)
+def _save_base(
+    tiny_llama, path: Path, dtype=torch.float32, shard="30KB", layers=4, **overrides
+) -> Path:
+    model = tiny_llama(layers, **overrides).to(dtype)
     model.save_pretrained(path, safe_serialization=True, max_shard_size=shard)
     load_tokenizer("byte").save_pretrained(path)
     return path
@@ -187,9 +191,9 @@ def test_cast_dtype_while_streaming(tiny_llama, tmp_path):
 def test_non_streamable_cases_say_why(tiny_llama, tmp_path):
     base = _save_base(tiny_llama, tmp_path / "base", shard="1GB")
     assert can_stream(LlamaPro(num_groups=2), str(base)) is None
-    assert "does not change depth" in can_stream(Expander(), str(base))
+    assert "is not streamable" in can_stream(Expander(), str(base))
     assert "not a local directory" in can_stream(LlamaPro(num_groups=2), "org/name")
-    with pytest.raises(StreamingError, match="does not change depth"):
+    with pytest.raises(StreamingError, match="is not streamable"):
         stream_expand(base, tmp_path / "x", Expander())
     assert not (tmp_path / "x").exists()
     (base / "model.safetensors").rename(base / "weights.bin")
@@ -259,11 +263,38 @@ def test_peak_memory_does_not_grow_with_the_model(tmp_path):
     assert growth < 64e6, f"peak RSS grew by {growth / 1e6:.1f} MB for a {size / 1e6:.0f} MB base"
 
 
-def test_expanders_that_choose_their_own_trainable_set_are_not_streamed(tiny_llama, tmp_path):
-    class HeadToo(LlamaPro):
-        def trainable_modules(self, model, plan, arch):
-            return super().trainable_modules(model, plan, arch) + [arch.lm_head(model)]
+def test_streaming_follows_the_declared_capability(tiny_llama, tmp_path):
+    from blockexp.expanders import LoRA, SLayer
 
-    base = _save_base(tiny_llama, tmp_path / "base")
+    base = _save_base(tiny_llama, tmp_path / "base", layers=8)
     assert can_stream(LlamaPro(num_groups=2), base) is None
-    assert "overrides Expander.trainable_modules" in can_stream(HeadToo(num_groups=2), base)
+    assert can_stream(SLayer(), base) is None  # plan + describe(): streamable
+    assert "is not streamable" in can_stream(LoRA(), base)
+
+
+def test_slayer_streams_bitwise_equal_to_memory_with_the_same_manifest(tiny_llama, tmp_path):
+    from blockexp.expanders import SLayer
+
+    base = _save_base(tiny_llama, tmp_path / "base", layers=8)
+    expander = SLayer(num_deleted=2)
+    streamed = stream_expand(base, tmp_path / "streamed", expander)
+    main(
+        [
+            "expand",
+            "--base",
+            str(base),
+            "--out",
+            str(tmp_path / "memory"),
+            "--expander",
+            "SLayer",
+            "--in_memory",
+            "true",
+        ]
+    )
+    memory = json.loads((tmp_path / "memory" / MANIFEST_NAME).read_text())
+    assert streamed["extra"]["deleted_layers"] == [6, 7]
+    for key in ("extra", "plan", "trainable_parameters", "trainable_params", "total_params"):
+        assert streamed[key] == memory[key], key
+    a, b = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)

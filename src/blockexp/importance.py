@@ -189,7 +189,7 @@ def load_text_blocks(
 # -- temporary surgery ------------------------------------------------------------------------
 def removal_plan(num_layers: int, layer: int):
     """The plan of the base model without ``layer``."""
-    from .plan import LayerSpec, Plan
+    from .layers.plan import LayerSpec, Plan
 
     keep = [LayerSpec(0, (i,), "base") for i in range(num_layers) if i != layer]
     return Plan.from_groups(num_layers, [keep], strategy=f"remove({layer})")
@@ -198,7 +198,7 @@ def removal_plan(num_layers: int, layer: int):
 def insertion_plan(num_layers: int, layer: int, init: str):
     """The plan with one block inserted after ``layer``: ``copy`` of it or ``mean`` of it and
     ``layer + 1``; the block is not zeroed (it changes the function)."""
-    from .plan import LayerSpec, Plan
+    from .layers.plan import LayerSpec, Plan
 
     if init == "mean" and layer + 1 >= num_layers:
         raise ValueError(f"Layer {layer} is the last one: no upper neighbour to average with.")
@@ -218,8 +218,8 @@ def temporary_plan(model: nn.Module, plan) -> Iterator[nn.Module]:
     The original layer modules, their ``layer_idx`` and the depth-dependent config fields
     (``num_hidden_layers``, ``layer_types``, ...) are put back even if the block raises.
     """
-    from .arch import get_arch
-    from .expanders.surgery import apply_plan
+    from .layers.arch import get_arch
+    from .layers.surgery import apply_plan
 
     arch = get_arch(model.config)
     original = arch.layers(model)
@@ -244,7 +244,7 @@ def layer_angular_distances(
     model: nn.Module, blocks: torch.Tensor, batch_size: int = 4
 ) -> list[float]:
     """Mean angular distance between each decoder layer's input and output over all tokens."""
-    from .arch import get_arch
+    from .layers.arch import get_arch
 
     layers = get_arch(model.config).layers(model)
     sums = torch.zeros(len(layers), dtype=torch.float64)
@@ -457,8 +457,8 @@ def importance(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .arch import get_arch
     from .checkpoint import load_model
+    from .layers.arch import get_arch
     from .tokenization import load_tokenizer
 
     out_dir = Path(out).expanduser()

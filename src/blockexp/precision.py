@@ -108,13 +108,13 @@ def select_attn_implementation(requested: str | None = None) -> str:
 def shard_fsdp2(model: nn.Module, mesh) -> nn.Module:
     """Shard ``model`` with FSDP2: one ``fully_shard`` unit per decoder layer, then the root.
 
-    Decoder layers are found by structure (:func:`blockexp.arch.get_arch`). Each layer is either
+    Decoder layers are found by structure (:func:`blockexp.layers.get_arch`). Each layer is either
     wholly frozen or wholly trainable under a plan, so every unit has one ``requires_grad`` and,
     with the ``lean`` policy, one dtype.
     """
     from torch.distributed.fsdp import fully_shard
 
-    from .arch import get_arch
+    from .layers.arch import get_arch
 
     for layer in get_arch(model.config).layers(model):
         fully_shard(layer, mesh=mesh)

@@ -2,26 +2,26 @@
 
 The in-memory path (load the base, apply the plan, ``save_pretrained``) needs about twice the
 expanded model in RAM. This module writes the same expanded checkpoint while holding at most one
-*chunk* of one tensor in memory (``chunk_bytes``, 16 MiB by default), so peak memory does not grow
+*chunk* of one tensor in memory (``chunk_bytes``, 4 MiB by default), so peak memory does not grow
 with the model:
 
 1. The base's ``config.json`` is read as plain JSON (no model is built and the transformers
-   modelling stack is not imported). The expander's :class:`~blockexp.plan.Plan` and the
-   architecture's :meth:`~blockexp.arch.ArchSpec.update_config` give the new config
+   modelling stack is not imported). The expander's :class:`~blockexp.layers.Plan` and the
+   architecture's :meth:`~blockexp.layers.ArchSpec.update_config` give the new config
    (``num_hidden_layers``, per-layer lists such as ``layer_types``; every other field is kept as
    written); the trainable parameter names and the parameter counts come from the plan and the
    safetensors headers, so the manifest is the one the in-memory path writes (tested).
 2. The safetensors headers of the base (``model.safetensors`` or ``model.safetensors.index.json``
    and its shards) are parsed; every output tensor gets its source(s) from the plan (decoder-layer
-   tensor names are parsed with :meth:`~blockexp.arch.ArchSpec.split_layer_key`, never by
+   tensor names are parsed with :meth:`~blockexp.layers.ArchSpec.split_layer_key`, never by
    substring), and the output shards are laid out up front (their headers are known before any
    data is read).
 3. Each output tensor is produced in chunks: ``base``/``copy`` tensors are copied byte for byte
    (``os.copy_file_range`` when the kernel offers it), residual writers of identity blocks
-   (:meth:`~blockexp.arch.ArchSpec.is_residual_writer_param`) are zeros (skipped over, so they
+   (:meth:`~blockexp.layers.ArchSpec.is_residual_writer_param`) are zeros (skipped over, so they
    become sparse regions where the file system supports it), and ``mean``
    tensors are averaged in float32 and cast back, in the same order of operations as
-   :func:`~blockexp.expanders.surgery.average_layers`, so the result is bitwise identical to the
+   :func:`~blockexp.layers.average_layers`, so the result is bitwise identical to the
    in-memory expansion.
 
 Data is read with ordinary file reads (no ``mmap``), so the page cache holding the base does not
@@ -33,9 +33,11 @@ written inside :class:`~blockexp.checkpoint.atomic_output_dir`.
 Tied embeddings: when the config ties the LM head to the token embedding, only the embedding is
 stored (as ``save_pretrained`` does); an ``lm_head.weight`` present in the base is dropped.
 
-Only strategies that change depth through a plan and nothing else stream (they do not override
-:meth:`~blockexp.expanders.Expander.expand`); :func:`can_stream` says why another one cannot, and
-``blockexp expand`` then falls back to in-memory expansion with that message.
+Only strategies that declare ``streamable = True`` stream: their expansion is fully described by
+the plan, the ``train_*`` options and :meth:`~blockexp.expanders.Expander.describe` (checked when
+the strategy is registered). :func:`can_stream` says why another one cannot, and
+``blockexp expand`` then falls back to in-memory expansion with that message. This module works
+on the layer wing (:mod:`blockexp.layers`) and does not import the expanders.
 """
 
 from __future__ import annotations
@@ -49,14 +51,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .arch import get_arch
 from .checkpoint import MANIFEST_NAME, atomic_output_dir, manifest_dict
-from .expanders import Expander
-from .plan import Plan
+from .layers import Plan, get_arch, trainable_parameter_names
+
+if TYPE_CHECKING:
+    from .expanders import Expander
 
 __all__ = [
     "SafetensorsEntry",
@@ -214,15 +217,10 @@ def can_stream(expander: Expander, base: str | os.PathLike) -> str | None:
     Raises:
         ExpanderConfigError: if the expander does not fit the base depth (a user error either way).
     """
-    if type(expander).trainable_modules is not Expander.trainable_modules:
+    if not getattr(type(expander), "streamable", False):
         return (
-            f"{type(expander).__name__} chooses its trainable modules itself (it overrides "
-            "Expander.trainable_modules), so it is applied in memory"
-        )
-    if type(expander).expand is not Expander.expand:
-        return (
-            f"{type(expander).__name__} changes more than the layer stack (it overrides "
-            "Expander.expand), so it is applied in memory"
+            f"{type(expander).__name__} is not streamable (it changes more than the layer stack "
+            "a plan describes), so it is applied in memory"
         )
     path = Path(base).expanduser()
     if not path.is_dir():
@@ -421,36 +419,6 @@ def _copy_range(src_fd: int, offset: int, dst, n: int) -> None:
         left -= len(data)
 
 
-def _trainable_names(
-    expander: Expander, plan: Plan, arch, outputs: list[_Output], tied: bool
-) -> set[str]:
-    """The trainable parameter names, read from the plan and the ``train_*`` options.
-
-    The tensor-name counterpart of :meth:`Expander.trainable_modules` (module paths from the
-    :class:`~blockexp.arch.ArchSpec`); :func:`can_stream` refuses expanders that override that
-    method, and the tests check both give the same set.
-    """
-    trainable_layers = set(plan.trainable_layers)
-    embed = ".".join(arch.embed_path)
-    modules = {".".join(arch.final_norm_path)} if expander.train_norms else set()
-    if expander.train_embeddings or (expander.train_lm_head and tied):
-        modules.add(embed)
-    if expander.train_lm_head and not tied:
-        modules.add(".".join(arch.lm_head_path))
-    names = set()
-    for out in outputs:
-        parsed = arch.split_layer_key(out.name)
-        module = out.name.rpartition(".")[0]
-        if parsed is None:
-            if module in modules:
-                names.add(out.name)
-        elif parsed[0] in trainable_layers or (
-            expander.train_norms and parsed[1].rpartition(".")[0] in arch.layer_norms
-        ):
-            names.add(out.name)
-    return names
-
-
 def write_expanded(
     base: str | os.PathLike,
     dest: str | os.PathLike,
@@ -542,7 +510,9 @@ def write_expanded(
             out_config.torch_dtype = out_config.dtype
     (dest / "config.json").write_text(json.dumps(vars(out_config), indent=2, sort_keys=True) + "\n")
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    trainable = _trainable_names(expander, plan, arch, outputs, tied)
+    trainable = trainable_parameter_names(
+        arch, (out.name for out in outputs), plan.trainable_layers, expander.train_options, tied
+    )
     base_params = sum(math.prod(e.shape) for name, e in entries.items() if name not in drop)
     numel = {out.name: math.prod(out.shape) for out in outputs}
     manifest = manifest_dict(
@@ -555,6 +525,7 @@ def write_expanded(
         trainable_params=sum(numel[name] for name in trainable),
         plan=plan,
         trainable_names=trainable,
+        extra=expander.describe(base_layers),
     )
     manifest["streamed"] = True
     (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

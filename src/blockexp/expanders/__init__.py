@@ -8,6 +8,7 @@ when ``blockexp.expanders`` is imported; registered strategies are attributes of
 import importlib
 import pkgutil
 
+from .._compat import moved
 from .base import (
     Expander,
     ExpanderConfigError,
@@ -18,17 +19,22 @@ from .base import (
     register_expander,
 )
 from .llama_pro import LlamaPro
-from .surgery import apply_plan, average_layers, zero_residual_writers
 
 for _info in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_info.name}")
+
+
+_moved = moved(
+    __name__,
+    {n: "blockexp.layers" for n in ("apply_plan", "average_layers", "zero_residual_writers")},
+)
 
 
 def __getattr__(name: str):
     try:
         return get_expander(name)
     except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        return _moved(name)
 
 
 __all__ = [
@@ -36,11 +42,8 @@ __all__ = [
     "ExpanderConfigError",
     "Expansion",
     "LlamaPro",
-    "apply_plan",
-    "average_layers",
     "build_expander",
     "expander_names",
     "get_expander",
     "register_expander",
-    "zero_residual_writers",
 ]

@@ -1,22 +1,31 @@
-"""The :class:`Expander` interface and the registry of strategies.
+"""The :class:`Expander` contract and the registry of strategies.
 
 An expander turns a loaded base model into the model that will be trained and says which of its
-parameters train. Depth-changing strategies only implement :meth:`Expander.plan`; the shared
-machinery applies the plan (:func:`~blockexp.expanders.surgery.apply_plan`) and derives the
-trainable set from it. Strategies that keep the depth override :meth:`Expander.expand`.
+parameters train. Depth-changing strategies implement :meth:`Expander.plan` only: the base class
+applies the plan (:func:`blockexp.layers.apply_plan`) and selects the trainable parameter names
+(:func:`blockexp.layers.trainable_parameter_names`). Strategies that keep the depth override
+:meth:`Expander.expand`. Each strategy declares its capabilities as class attributes, and
+:func:`register_expander` refuses a class whose declarations contradict what it implements.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import nn
 
-from ..arch import ArchSpec, get_arch
-from ..plan import Plan
-from .surgery import apply_plan
+from ..layers import (
+    ArchSpec,
+    Plan,
+    TrainOptions,
+    apply_plan,
+    get_arch,
+    trainable_parameter_names,
+)
 
 __all__ = [
     "Expander",
@@ -30,7 +39,8 @@ __all__ = [
 
 
 class ExpanderConfigError(ValueError):
-    """An expander's arguments do not fit the base model."""
+    """An expander's arguments do not fit the base model (or its class declarations do not fit
+    its implementation)."""
 
 
 @dataclass
@@ -64,11 +74,31 @@ class Expansion:
         return total, trainable
 
 
+def is_tied(model: nn.Module, arch: ArchSpec) -> bool:
+    """Whether the model's LM head is its token embedding tensor."""
+    return arch.lm_head(model).weight is arch.embeddings(model).weight
+
+
 class Expander:
     """A knowledge-injection strategy.
 
     Subclasses are registered by class name (see :func:`register_expander`) and are selected in
-    configs with ``class_path`` or on the command line with ``--expander Name``.
+    configs with ``class_path`` or on the command line with ``--expander Name``. A subclass takes
+    its own arguments and passes the ``train_*`` options on with ``**kwargs``.
+
+    Capabilities, declared as class attributes and checked at registration:
+
+    * ``streamable``: the expansion is fully described by :meth:`plan`, the ``train_*`` options
+      and :meth:`describe`, so ``blockexp expand`` may apply it to a checkpoint tensor by tensor.
+      Such a class implements :meth:`plan` and overrides neither :meth:`expand` nor
+      :meth:`select_trainable`.
+    * ``preserves_function``: for *every* choice of arguments the expanded model computes the
+      base function at initialisation. A strategy for which it depends on the arguments says
+      ``False`` here and answers per instance in :meth:`is_identity`.
+    * ``has_export_hook``: :meth:`export_model` returns something else than the training model
+      (LoRA merges adapters, MoE writes its own format); such a class overrides it.
+    * ``custom_export_format``: exported directories need :meth:`load_exported` (overridden)
+      instead of ``AutoModelForCausalLM.from_pretrained``.
 
     Args:
         train_embeddings: also train the input token embedding.
@@ -78,9 +108,10 @@ class Expander:
     """
 
     name: ClassVar[str] = ""
-    #: True when the expanded model computes exactly the base function at initialisation
-    #: (checked by the contract tests: equal logits and equal cached generation).
+    streamable: ClassVar[bool] = False
     preserves_function: ClassVar[bool] = False
+    has_export_hook: ClassVar[bool] = False
+    custom_export_format: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -97,45 +128,66 @@ class Expander:
         """Layer map for a base model with ``num_layers`` layers (``None``: depth unchanged)."""
         return None
 
+    def describe(self, num_layers: int) -> dict[str, Any]:
+        """Strategy-specific facts for the manifest (``Expansion.extra``) of a base with
+        ``num_layers`` layers; computed from the arguments alone, so streaming records the
+        same."""
+        return {}
+
+    @property
+    def train_options(self) -> TrainOptions:
+        """What trains besides the plan's trainable layers."""
+        return TrainOptions(
+            embeddings=self.train_embeddings, lm_head=self.train_lm_head, norms=self.train_norms
+        )
+
+    def is_identity(self) -> bool:
+        """Whether this instance's expansion computes the base function at initialisation."""
+        return type(self).preserves_function
+
     def expand(self, model: nn.Module) -> Expansion:
         """Apply the strategy to ``model`` (in place) and return the :class:`Expansion`."""
         arch = get_arch(model.config)
-        plan = self.plan(len(arch.layers(model)))
+        num_layers = len(arch.layers(model))
+        plan = self.plan(num_layers)
         if plan is not None:
             apply_plan(model, plan, arch)
-        trainable = self.trainable_modules(model, plan, arch)
-        return Expansion(model, plan, self._names_of(model, trainable))
+        trainable = self.select_trainable(model, plan, arch)
+        return Expansion(model, plan, trainable, extra=self.describe(num_layers))
+
+    def select_trainable(
+        self, model: nn.Module, plan: Plan | None, arch: ArchSpec
+    ) -> frozenset[str]:
+        """Names of the parameters of ``model`` that train: the plan's trainable layers and the
+        :attr:`train_options` (:func:`blockexp.layers.trainable_parameter_names`)."""
+        legacy = getattr(self, "trainable_modules", None)
+        if legacy is not None:  # deprecated hook of a subclass written for an earlier release
+            wanted = {id(p) for module in legacy(model, plan, arch) for p in module.parameters()}
+            return frozenset(n for n, p in model.named_parameters() if id(p) in wanted)
+        return trainable_parameter_names(
+            arch,
+            (name for name, _ in model.named_parameters()),
+            plan.trainable_layers if plan is not None else (),
+            self.train_options,
+            tied=is_tied(model, arch),
+        )
 
     def export_model(self, model: nn.Module) -> nn.Module:
         """The plain ``transformers`` model to save for export (e.g. LoRA merges its adapters).
 
-        The default returns ``model`` itself; strategies that wrap the model override this and
-        must not modify ``model`` (training may go on after an export).
+        The default returns ``model`` itself; strategies that wrap the model override this,
+        declare ``has_export_hook = True`` and must not modify ``model`` (training may go on
+        after an export).
         """
         return model
 
-    def trainable_modules(
-        self, model: nn.Module, plan: Plan | None, arch: ArchSpec
-    ) -> list[nn.Module]:
-        """Modules whose parameters train, read from the plan and the ``train_*`` options."""
-        modules: list[nn.Module] = []
-        layers = arch.layers(model)
-        if plan is not None:
-            modules += [layers[i] for i in plan.trainable_layers]
-        if self.train_embeddings:
-            modules.append(arch.embeddings(model))
-        if self.train_lm_head:
-            modules.append(arch.lm_head(model))
-        if self.train_norms:
-            modules.append(arch.final_norm(model))
-            for layer in layers:
-                modules += arch.norms(layer)
-        return modules
+    @classmethod
+    def load_exported(cls, directory: str | os.PathLike, dtype: Any = None) -> nn.Module:
+        """Load a directory written by exporting this strategy's model (eval mode)."""
+        from transformers import AutoModelForCausalLM
 
-    @staticmethod
-    def _names_of(model: nn.Module, modules: list[nn.Module]) -> frozenset[str]:
-        wanted = {id(p) for m in modules for p in m.parameters()}
-        return frozenset(n for n, p in model.named_parameters() if id(p) in wanted)
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        return AutoModelForCausalLM.from_pretrained(directory, **kwargs).eval()
 
     # -- serialisation --------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -158,8 +210,47 @@ class Expander:
 _REGISTRY: dict[str, type[Expander]] = {}
 
 
+def _overrides(cls: type, method: str) -> bool:
+    return inspect.getattr_static(cls, method) is not inspect.getattr_static(Expander, method)
+
+
+def _check_declarations(cls: type[Expander]) -> None:
+    """Refuse capability declarations that contradict the class's implementation."""
+    name = cls.__name__
+    problems = []
+    if cls.streamable:
+        if not _overrides(cls, "plan"):
+            problems.append("streamable = True but it does not implement plan()")
+        for method in ("expand", "select_trainable", "trainable_modules"):
+            if hasattr(cls, method) and (method == "trainable_modules" or _overrides(cls, method)):
+                problems.append(
+                    f"streamable = True but it overrides {method}(), which streaming would bypass"
+                )
+    if cls.has_export_hook != _overrides(cls, "export_model"):
+        problems.append(
+            f"has_export_hook = {cls.has_export_hook} but it "
+            f"{'does not override' if cls.has_export_hook else 'overrides'} export_model()"
+        )
+    if cls.custom_export_format != _overrides(cls, "load_exported"):
+        problems.append(
+            f"custom_export_format = {cls.custom_export_format} but it "
+            f"{'does not override' if cls.custom_export_format else 'overrides'} load_exported()"
+        )
+    if cls.preserves_function and _overrides(cls, "is_identity"):
+        problems.append(
+            "preserves_function = True (for every argument) but it overrides is_identity(); "
+            "declare False and answer per instance in is_identity()"
+        )
+    if problems:
+        raise ExpanderConfigError(f"Expander {name}: " + "; ".join(problems) + ".")
+
+
 def register_expander(cls: type[Expander]) -> type[Expander]:
-    """Class decorator: register an :class:`Expander` subclass under its class name."""
+    """Class decorator: register an :class:`Expander` subclass under its class name.
+
+    Refuses a non-Expander, a duplicate name, and capability declarations that contradict the
+    implementation (see :class:`Expander`).
+    """
     if not (isinstance(cls, type) and issubclass(cls, Expander)):
         raise TypeError(f"{cls!r} is not an Expander subclass.")
     name = cls.__name__
@@ -168,6 +259,14 @@ def register_expander(cls: type[Expander]) -> type[Expander]:
             f"An expander named '{name}' is already registered ({_REGISTRY[name].__module__}); "
             "choose another class name."
         )
+    if "trainable_modules" in vars(cls):
+        warnings.warn(
+            f"{name}.trainable_modules() is deprecated (it will stop being called in the next "
+            "release): override train_options or select_trainable() instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    _check_declarations(cls)
     cls.name = name
     _REGISTRY[name] = cls
     return cls

@@ -12,10 +12,7 @@ it forget. No block is added::
 
 from __future__ import annotations
 
-from torch import nn
-
-from ..arch import ArchSpec
-from ..plan import Plan
+from ..layers import TrainOptions
 from .base import Expander, register_expander
 
 __all__ = ["FullFineTune"]
@@ -43,8 +40,12 @@ class FullFineTune(Expander):
     ) -> None:
         super().__init__(train_embeddings, train_lm_head, train_norms)
 
-    def trainable_modules(
-        self, model: nn.Module, plan: Plan | None, arch: ArchSpec
-    ) -> list[nn.Module]:
-        # Every decoder block, plus what the train_* options add (the base class's choice).
-        return list(arch.layers(model)) + super().trainable_modules(model, plan, arch)
+    @property
+    def train_options(self) -> TrainOptions:
+        """Every decoder block, plus what the ``train_*`` options add."""
+        return TrainOptions(
+            embeddings=self.train_embeddings,
+            lm_head=self.train_lm_head,
+            norms=self.train_norms,
+            all_layers=True,
+        )

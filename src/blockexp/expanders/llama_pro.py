@@ -17,7 +17,7 @@ With P=2 each group ``[a b c d]`` becomes ``[a b c d c' d']``.
 
 from __future__ import annotations
 
-from ..plan import LayerSpec, Plan
+from ..layers.plan import LayerSpec, Plan
 from .base import Expander, ExpanderConfigError, register_expander
 
 __all__ = ["LlamaPro"]
@@ -32,22 +32,14 @@ class LlamaPro(Expander):
             number of base layers.
         blocks_per_group: ``P``, how many of each group's top blocks are copied after it
             (``1 <= P <= L/N``).
-        train_embeddings: also train the token embedding.
-        train_lm_head: also train the LM head.
-        train_norms: also train every norm layer.
+        **kwargs: the ``train_*`` options of :class:`~blockexp.expanders.Expander`.
     """
 
+    streamable = True
     preserves_function = True
 
-    def __init__(
-        self,
-        num_groups: int = 8,
-        blocks_per_group: int = 1,
-        train_embeddings: bool = False,
-        train_lm_head: bool = False,
-        train_norms: bool = False,
-    ) -> None:
-        super().__init__(train_embeddings, train_lm_head, train_norms)
+    def __init__(self, num_groups: int = 8, blocks_per_group: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
         if num_groups < 1:
             raise ExpanderConfigError(f"LlamaPro: num_groups must be >= 1, got {num_groups}.")
         if blocks_per_group < 1:

@@ -14,7 +14,7 @@ Export merges the adapters into the base weights (``W + (alpha / r) B A``) on a 
 model, so the exported directory is a plain Hugging Face checkpoint with no peft dependency.
 
 Targets are found by structure: the default is every ``nn.Linear`` inside the decoder blocks
-(found with :mod:`blockexp.arch`); ``target_modules`` names them by their attribute path inside a
+(found with :mod:`blockexp.layers`); ``target_modules`` names them by their attribute path inside a
 block (``q_proj`` or ``self_attn.q_proj``), and each name must match at least one linear map.
 """
 
@@ -24,7 +24,7 @@ import copy
 
 from torch import nn
 
-from ..arch import get_arch
+from ..layers.arch import get_arch
 from .base import Expander, ExpanderConfigError, Expansion, register_expander
 
 __all__ = ["LoRA"]
@@ -41,12 +41,12 @@ class LoRA(Expander):
         target_modules: linear maps to adapt, by attribute path inside a decoder block (e.g.
             ``["q_proj", "v_proj"]`` or ``["self_attn.o_proj"]``); default: every linear map of
             every decoder block.
-        train_embeddings: also train the token embedding (fully, not through an adapter).
-        train_lm_head: also train the LM head (fully).
-        train_norms: also train every norm layer.
+        **kwargs: the ``train_*`` options of :class:`~blockexp.expanders.Expander` (embedding,
+            LM head and norms then train fully, not through an adapter).
     """
 
     preserves_function = True
+    has_export_hook = True
 
     def __init__(
         self,
@@ -54,11 +54,9 @@ class LoRA(Expander):
         alpha: int = 16,
         dropout: float = 0.0,
         target_modules: list[str] | None = None,
-        train_embeddings: bool = False,
-        train_lm_head: bool = False,
-        train_norms: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(train_embeddings, train_lm_head, train_norms)
+        super().__init__(**kwargs)
         if r < 1:
             raise ExpanderConfigError(f"LoRA: r must be >= 1, got {r}.")
         if alpha <= 0:
@@ -111,6 +109,12 @@ class LoRA(Expander):
 
         arch = get_arch(model.config)
         targets = self.resolve_targets(model)
+        # The train_* options select base parameters by name before peft renames them.
+        extra_ids = {
+            id(p)
+            for n, p in model.named_parameters()
+            if n in self.select_trainable(model, None, arch)
+        }
         config = LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
@@ -121,9 +125,9 @@ class LoRA(Expander):
         )
         peft_model = get_peft_model(model, config)
         # peft marks exactly the adapter weights trainable; the train_* options add base modules.
-        adapters = {n for n, p in peft_model.named_parameters() if p.requires_grad}
-        extra_modules = self.trainable_modules(model, None, arch)
-        trainable = frozenset(adapters) | self._names_of(peft_model, extra_modules)
+        trainable = frozenset(
+            n for n, p in peft_model.named_parameters() if p.requires_grad or id(p) in extra_ids
+        )
         return Expansion(
             peft_model,
             None,

@@ -6,7 +6,7 @@ Transformers", JMLR 2022). The paper gives no construction; this one is chosen s
 block expansion, the expanded model computes exactly the base function at initialisation and
 the base weights never change.
 
-In every decoder block the FFN ``F`` (found with :meth:`blockexp.arch.ArchSpec.mlp`) is replaced
+In every decoder block the FFN ``F`` (found with :meth:`blockexp.layers.ArchSpec.mlp`) is replaced
 by::
 
     y(x) = F(x) + sum_{j=1..n} g_j(x) * E_j(x)          g(x) = softmax(W_r x)  over n + 1 slots
@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arch import ArchSpec, get_arch
+from ..layers import ArchSpec, get_arch, zero_linears
 from .base import Expander, ExpanderConfigError, Expansion, build_expander, register_expander
 
 __all__ = ["MoEExpansion", "MoEFeedForward", "MoEExport", "load_moe_model", "MOE_WEIGHTS_NAME"]
@@ -115,17 +115,14 @@ def _set(root: nn.Module, path: str, value: nn.Module) -> None:
     setattr(_get(root, parent) if parent else root, attr, value)
 
 
-def _ffn_output_paths(arch: ArchSpec) -> list[str]:
-    """Attribute paths, inside the FFN, of its residual writers (``down_proj`` for Llama)."""
-    prefix = arch.mlp_path + "."
-    paths = [w[len(prefix) :] for w in arch.residual_writers if w.startswith(prefix)]
-    if not paths:
+def _check_ffn_writers(arch: ArchSpec) -> None:
+    """The FFN must hold a residual writer (``down_proj`` for Llama) to zero in new experts."""
+    if not arch.mlp_residual_writers:
         raise ExpanderConfigError(
             f"MoEExpansion: the {arch.model_type} ArchSpec lists no residual writer inside the "
             f"FFN '{arch.mlp_path}', so a new expert cannot be zeroed. Add it to "
             "ArchSpec.residual_writers."
         )
-    return paths
 
 
 @register_expander
@@ -138,23 +135,17 @@ class MoEExpansion(Expander):
         top_k: keep only the ``top_k`` largest of the ``num_experts + 1`` gates per token
             (``None``: dense gating; ``1``: Switch-style routing).
         seed: seed of the router initialisation (normal, std ``config.initializer_range``).
-        train_embeddings: also train the token embedding.
-        train_lm_head: also train the LM head.
-        train_norms: also train every norm layer.
+        **kwargs: the ``train_*`` options of :class:`~blockexp.expanders.Expander`.
     """
 
     preserves_function = True
+    has_export_hook = True
+    custom_export_format = True
 
     def __init__(
-        self,
-        num_experts: int = 1,
-        top_k: int | None = None,
-        seed: int = 0,
-        train_embeddings: bool = False,
-        train_lm_head: bool = False,
-        train_norms: bool = False,
+        self, num_experts: int = 1, top_k: int | None = None, seed: int = 0, **kwargs
     ) -> None:
-        super().__init__(train_embeddings, train_lm_head, train_norms)
+        super().__init__(**kwargs)
         if num_experts < 1:
             raise ExpanderConfigError(f"MoEExpansion: num_experts must be >= 1, got {num_experts}.")
         if top_k is not None and not 1 <= top_k <= num_experts + 1:
@@ -168,7 +159,7 @@ class MoEExpansion(Expander):
 
     def expand(self, model: nn.Module) -> Expansion:
         arch = get_arch(model.config)
-        out_paths = _ffn_output_paths(arch)
+        _check_ffn_writers(arch)
         hidden = int(model.config.hidden_size)
         std = float(getattr(model.config, "initializer_range", 0.02))
         generator = torch.Generator().manual_seed(self.seed)
@@ -183,12 +174,7 @@ class MoEExpansion(Expander):
             experts = nn.ModuleList()
             for _ in range(self.num_experts):
                 expert = _deepcopy(original)
-                with torch.no_grad():
-                    for path in out_paths:
-                        linear = _get(expert, path)
-                        linear.weight.zero_()
-                        if getattr(linear, "bias", None) is not None:
-                            linear.bias.zero_()
+                zero_linears(arch.mlp_residual_linears(expert))
                 experts.append(expert)
             router = nn.Linear(
                 hidden, self.num_experts + 1, bias=False, device=ref.device, dtype=ref.dtype
@@ -199,7 +185,10 @@ class MoEExpansion(Expander):
                     router.weight.copy_(weights.to(ref.dtype))
             _set(layer, arch.mlp_path, MoEFeedForward(original, experts, router, self.top_k))
             new_modules += [experts, router]
-        trainable = self._names_of(model, new_modules + self.trainable_modules(model, None, arch))
+        new_ids = {id(p) for module in new_modules for p in module.parameters()}
+        trainable = self.select_trainable(model, None, arch) | frozenset(
+            n for n, p in model.named_parameters() if id(p) in new_ids
+        )
         return Expansion(
             model, None, trainable, extra={"num_experts": self.num_experts, "top_k": self.top_k}
         )
@@ -208,8 +197,8 @@ class MoEExpansion(Expander):
         """A saver that writes the MoE directory described in the module docstring."""
         return MoEExport(model, self)
 
-    @staticmethod
-    def load_exported(directory: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
+    @classmethod
+    def load_exported(cls, directory: str | os.PathLike, dtype: Any = None) -> nn.Module:
         """Load an exported MoE directory (see :func:`load_moe_model`)."""
         return load_moe_model(directory, dtype)
 

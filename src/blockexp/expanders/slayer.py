@@ -35,11 +35,8 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from torch import nn
-
-from ..arch import get_arch
-from ..plan import LayerSpec, Plan
-from .base import Expander, ExpanderConfigError, Expansion, register_expander
+from ..layers.plan import LayerSpec, Plan
+from .base import Expander, ExpanderConfigError, register_expander
 
 __all__ = ["SLayer", "read_importance_profile"]
 
@@ -115,13 +112,11 @@ class SLayer(Expander):
             ``importance_file`` (it is what the manifest records, so a rebuild needs no file).
         num_blocks: number of new blocks for ``placement="importance"`` (default: as many as
             the uniform placement would add).
-        train_embeddings: also train the token embedding.
-        train_lm_head: also train the LM head.
-        train_norms: also train every norm layer.
+        **kwargs: the ``train_*`` options of :class:`~blockexp.expanders.Expander`.
     """
 
-    #: False because the default deletes layers; an instance with ``num_deleted=0`` and
-    #: ``zero_out=True`` sets ``preserves_function = True`` on itself.
+    streamable = True
+    #: Not for every argument: the default deletes layers. See :meth:`is_identity`.
     preserves_function = False
 
     def __init__(
@@ -137,11 +132,9 @@ class SLayer(Expander):
         importance_metric: str = "angular_distance",
         importance_scores: list[float] | None = None,
         num_blocks: int | None = None,
-        train_embeddings: bool = False,
-        train_lm_head: bool = False,
-        train_norms: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(train_embeddings, train_lm_head, train_norms)
+        super().__init__(**kwargs)
         if not 0.0 < fraction <= 1.0:
             raise ExpanderConfigError(f"SLayer: fraction must be in (0, 1], got {fraction}.")
         if num_segments is not None and num_segments < 1:
@@ -185,8 +178,10 @@ class SLayer(Expander):
         self.importance_metric = importance_metric
         self.importance_scores = importance_scores
         self.num_blocks = num_blocks
-        # Per instance: without pruning and with zeroed writers the expansion is an identity.
-        self.preserves_function = num_deleted == 0 and zero_out
+
+    def is_identity(self) -> bool:
+        """Without pruning and with zeroed writers the expansion is an exact identity."""
+        return self.num_deleted == 0 and self.zero_out
 
     # -- the plan -------------------------------------------------------------------------------
     def insert_after(self, num_layers: int) -> list[int]:
@@ -262,10 +257,8 @@ class SLayer(Expander):
                 )
         return Plan.from_groups(num_layers, [specs], strategy=type(self).__name__)
 
-    def expand(self, model: nn.Module) -> Expansion:
-        """Apply the plan and record the placement (and the importance profile) in ``extra``."""
-        num_layers = len(get_arch(model.config).layers(model))
-        expansion = super().expand(model)
+    def describe(self, num_layers: int) -> dict[str, Any]:
+        """The placement, the deleted and merged layers and the importance profile."""
         extra: dict[str, Any] = {
             "placement": self.placement,
             "insert_after": self.insert_after(num_layers),
@@ -274,7 +267,7 @@ class SLayer(Expander):
         if self.num_deleted:
             extra["merged_final_layer"] = {
                 "base_layer": num_layers - self.num_deleted - 1,
-                "sources": list(expansion.plan.layers[-1].source),
+                "sources": list(self.plan(num_layers).layers[-1].source),
             }
         if self.importance_scores is not None:
             extra["importance"] = {
@@ -282,5 +275,4 @@ class SLayer(Expander):
                 "metric": self.importance_metric,
                 "scores": list(self.importance_scores),
             }
-        expansion.extra.update(extra)
-        return expansion
+        return extra

@@ -27,7 +27,7 @@ on the new domain.
 
 from __future__ import annotations
 
-from ..plan import LayerSpec, Plan
+from ..layers.plan import LayerSpec, Plan
 from .base import Expander, ExpanderConfigError, register_expander
 
 __all__ = ["PrefixStack", "SuffixStack"]
@@ -46,16 +46,11 @@ def _check_num_blocks(name: str, num_blocks: int, num_layers: int | None = None)
 class _Stack(Expander):
     """Shared argument handling of :class:`PrefixStack` and :class:`SuffixStack`."""
 
+    streamable = True
     preserves_function = True
 
-    def __init__(
-        self,
-        num_blocks: int = 1,
-        train_embeddings: bool = False,
-        train_lm_head: bool = False,
-        train_norms: bool = False,
-    ) -> None:
-        super().__init__(train_embeddings, train_lm_head, train_norms)
+    def __init__(self, num_blocks: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
         _check_num_blocks(type(self).__name__, num_blocks)
         self.num_blocks = num_blocks
 
@@ -66,9 +61,7 @@ class PrefixStack(_Stack):
 
     Args:
         num_blocks: how many blocks to add (``1 <= num_blocks <= L``).
-        train_embeddings: also train the token embedding.
-        train_lm_head: also train the LM head.
-        train_norms: also train every norm layer.
+        **kwargs: the ``train_*`` options of :class:`~blockexp.expanders.Expander`.
     """
 
     def plan(self, num_layers: int) -> Plan:
@@ -87,9 +80,7 @@ class SuffixStack(_Stack):
 
     Args:
         num_blocks: how many blocks to add (``1 <= num_blocks <= L``).
-        train_embeddings: also train the token embedding.
-        train_lm_head: also train the LM head.
-        train_norms: also train every norm layer.
+        **kwargs: the ``train_*`` options of :class:`~blockexp.expanders.Expander`.
     """
 
     def plan(self, num_layers: int) -> Plan:
