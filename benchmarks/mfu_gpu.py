@@ -20,7 +20,8 @@ from transformers import LlamaConfig
 from transformers.initialization import no_init_weights
 
 from blockexp.expanders import LlamaPro
-from blockexp.precision import apply_precision_policy, select_attn_implementation
+from blockexp.attention import select_attn_implementation
+from blockexp.precision import apply_precision_policy
 
 
 def model_flops_per_token(

@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from blockexp.attention import select_attn_implementation
 from blockexp.checkpoint import load_model
-from blockexp.precision import packed_position_ids, select_attn_implementation
+from blockexp.data.packing import packed_position_ids
 from tests.conftest import tiny_llama_dict
 
 EOS = 258
@@ -41,7 +42,7 @@ def test_packed_documents_do_not_attend_across_boundaries(attn):
 
 
 def test_flattened_packed_batch_gives_the_same_loss():
-    from blockexp.precision import flatten_packed_batch
+    from blockexp.data.packing import flatten_packed_batch
 
     model = load_model(tiny_llama_dict(2), dtype="float32", attn_implementation="sdpa").eval()
     ids = torch.tensor([[5, 6, EOS, 7, 8, 9, EOS, 1], [2, EOS, 3, 4, 5, EOS, 6, 7]])

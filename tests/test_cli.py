@@ -301,7 +301,7 @@ def _fit_from_dir(base_dir, root, steps, save_frozen, ckpt=None):
 
 
 def test_trainable_only_checkpoint_refuses_a_changed_base(tiny_llama, tiny_llama_dir, tmp_path):
-    from blockexp.cli import rebuild_from_checkpoint
+    from blockexp.export import rebuild_from_checkpoint
 
     module, last = _fit_from_dir(tiny_llama_dir, tmp_path / "run", 2, save_frozen=False)
     state = torch.load(last, map_location="cpu", weights_only=True)
@@ -320,7 +320,7 @@ def test_trainable_only_checkpoint_refuses_a_changed_base(tiny_llama, tiny_llama
 def test_save_frozen_makes_checkpoints_self_contained(tiny_llama_dir, tmp_path):
     import shutil
 
-    from blockexp.cli import rebuild_from_checkpoint
+    from blockexp.export import rebuild_from_checkpoint
 
     module, last = _fit_from_dir(tiny_llama_dir, tmp_path / "run", 2, save_frozen=True)
     state = torch.load(last, map_location="cpu", weights_only=True)

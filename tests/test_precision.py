@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from blockexp import precision
+from blockexp import attention
+from blockexp.attention import select_attn_implementation
 from blockexp.module import BlockExpansionModule
 from blockexp.precision import (
     apply_precision_policy,
     check_trainer_precision,
     parameter_bytes,
-    select_attn_implementation,
 )
 from tests.test_module import _module, _trainer
 
@@ -123,16 +123,16 @@ def test_gradient_checkpointing_behind_frozen_prefix():
 
 
 def test_attention_auto_selection(monkeypatch):
-    monkeypatch.setattr(precision, "flash_attn_available", lambda: False)
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
     assert select_attn_implementation(None) == "sdpa"
     assert select_attn_implementation("auto") == "sdpa"
     assert select_attn_implementation("eager") == "eager"
     with pytest.raises(ValueError, match="flash-attn"):
         select_attn_implementation("flash_attention_2")
-    monkeypatch.setattr(precision, "flash_attn_available", lambda: True)
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: True)
     assert select_attn_implementation(None) == "flash_attention_2"
     module = _module()
-    monkeypatch.setattr(precision, "flash_attn_available", lambda: False)
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
     module.configure_model()
     assert module.model.config._attn_implementation == "sdpa"
 

@@ -1,11 +1,16 @@
-"""Command line: ``python -m blockexp <command>``.
+"""Command wiring: ``python -m blockexp <command>`` (the work is done in the modules each command
+calls).
 
 Training commands follow LightningCLI conventions (``fit``, ``validate``, ``test``, with
 ``--config file.yaml`` and dotted overrides). Offline commands:
 
-* ``plan``   layer map and parameter counts from config.json alone (meta device, no weights),
-* ``expand`` write an expanded Hugging Face directory (safetensors, config, tokenizer, manifest),
-* ``export`` turn a Lightning training checkpoint into a Hugging Face directory.
+* ``plan``   layer map and parameter counts from config.json alone
+  (:func:`blockexp.expanders.dry_run.plan_summary`),
+* ``expand`` write an expanded Hugging Face directory (:mod:`blockexp.streaming`, or
+  :func:`blockexp.export.expand_in_memory`),
+* ``export`` turn a Lightning training checkpoint into a Hugging Face directory
+  (:func:`blockexp.export.export_checkpoint`),
+* ``importance`` per-layer importance (:mod:`blockexp.importance`).
 """
 
 from __future__ import annotations
@@ -15,65 +20,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from rich.console import Console
 from rich.table import Table
 
+from ._compat import moved
 from .expanders import Expander
 
 __all__ = ["main", "plan", "expand", "export", "BlockexpCLI"]
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 OFFLINE_COMMANDS = ("plan", "expand", "export", "importance")
-from .streaming import copy_tokenizer_files  # noqa: E402  (lightning-free import)
+
+__getattr__ = moved(
+    __name__,
+    {"plan_summary": "blockexp.expanders.dry_run", "rebuild_from_checkpoint": "blockexp.export"},
+)
 
 
 def _console() -> Console:
     return Console(stderr=False)
-
-
-def plan_summary(base: str, expander: Expander, trust_remote_code: bool = False) -> dict[str, Any]:
-    """Plan an expansion from a config alone: the model is built on the meta device."""
-    from transformers import AutoModelForCausalLM
-
-    from .checkpoint import load_config
-
-    config = load_config(base, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    base_layers = int(config.num_hidden_layers)
-    base_params = sum(p.numel() for p in model.parameters())
-    expansion = expander.expand(model)
-    total, trainable = expansion.parameter_counts()
-    if expansion.plan is not None:
-        layers = [
-            {
-                "index": s.index,
-                "source": list(s.source),
-                "init": s.init,
-                "zero_out": s.zero_out,
-                "trainable": s.trainable,
-            }
-            for s in expansion.plan.layers
-        ]
-    else:
-        layers = [
-            {"index": i, "source": [i], "init": "base", "zero_out": False, "trainable": None}
-            for i in range(base_layers)
-        ]
-    return {
-        "model_type": config.model_type,
-        "strategy": type(expander).__name__,
-        "expander": expander.config(),
-        "base_num_layers": base_layers,
-        "base_params": base_params,
-        "num_layers": int(expansion.model.config.num_hidden_layers),
-        "total_params": total,
-        "trainable_params": trainable,
-        "layers": layers,
-    }
 
 
 def plan(
@@ -87,6 +54,8 @@ def plan(
         json: print one JSON object (keys num_layers, total_params, trainable_params, layers).
         trust_remote_code: allow custom config code from the hub.
     """
+    from .expanders.dry_run import plan_summary
+
     summary = plan_summary(base, expander, trust_remote_code)
     if json:
         print(_json.dumps(summary, indent=2))
@@ -112,22 +81,6 @@ def plan(
         f"params {summary['base_params']:,} -> {total:,}; "
         f"trainable {trainable:,} ({100.0 * trainable / max(1, total):.2f}%)"
     )
-
-
-def _copy_tokenizer(base: str, dest: Path) -> list[str]:
-    """Copy tokenizer files from a local base directory (or fetch them for a hub id)."""
-    local = Path(base).expanduser()
-    if local.is_dir():
-        return copy_tokenizer_files(local, dest)
-    copied = []
-    try:
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(base).save_pretrained(dest)
-        copied.append("tokenizer")
-    except (OSError, ValueError):
-        pass
-    return copied
 
 
 def expand(
@@ -160,10 +113,8 @@ def expand(
     """
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .checkpoint import atomic_output_dir, build_manifest, load_model
     from .streaming import can_stream, stream_expand
 
-    protect = [base] if Path(base).expanduser().exists() else []
     console = _console()
     reason = "--in_memory was given" if in_memory else can_stream(expander, base)
     if reason is None:
@@ -192,75 +143,28 @@ def expand(
         )
         return Path(out)
     console.print(f"Expanding in memory: {reason}.")
-    with atomic_output_dir(out, protect=protect, overwrite=overwrite) as tmp:
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-        ) as progress:
-            task = progress.add_task("loading base model", total=3)
-            model = load_model(base, dtype=dtype, trust_remote_code=trust_remote_code)
-            base_layers = int(model.config.num_hidden_layers)
-            base_params = sum(p.numel() for p in model.parameters())
-            progress.update(task, advance=1, description=f"expanding with {expander!r}")
-            expansion = expander.expand(model)
-            progress.update(task, advance=1, description=f"writing {out}")
-            model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
-            copied = _copy_tokenizer(base, tmp)
-            manifest = build_manifest(expansion, expander, base, base_layers, base_params)
-            (tmp / "blockexp_manifest.json").write_text(_json.dumps(manifest, indent=2) + "\n")
-            progress.update(task, advance=1, description="done")
-    total, trainable = expansion.parameter_counts()
+    from .export import expand_in_memory
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("starting", total=3)
+        started = []
+
+        def step(description: str) -> None:
+            progress.update(task, advance=1 if started else 0, description=description)
+            started.append(description)
+
+        manifest = expand_in_memory(
+            base, out, expander, dtype, overwrite, trust_remote_code, max_shard_size, step
+        )
+        progress.update(task, completed=3, description="done")
     console.print(
-        f"Wrote {out}: {base_layers} -> {model.config.num_hidden_layers} layers, "
-        f"{total:,} params ({trainable:,} trainable); tokenizer: {', '.join(copied) or 'none found'}"
+        f"Wrote {out}: {manifest['base_num_layers']} -> {manifest['num_layers']} layers, "
+        f"{manifest['total_params']:,} params ({manifest['trainable_params']:,} trainable); "
+        f"tokenizer: {', '.join(manifest['tokenizer_files']) or 'none found'}"
     )
     return Path(out)
-
-
-def rebuild_from_checkpoint(state: dict[str, Any], name: str | Path = "checkpoint"):
-    """Rebuild the plain ``transformers`` model of a ``blockexp fit`` checkpoint.
-
-    Self-contained checkpoints (``save_frozen=true``): the base architecture is built from the
-    stored base config without initialising its weights (untouched allocations cost no resident
-    memory), the stored expander is applied (so the module tree matches training exactly) and all
-    weights are assigned. Trainable-only checkpoints (the default): the base is loaded from its
-    spec as in training, checked against the stored fingerprint of the frozen weights, expanded,
-    and the trained parameters are assigned. The expander's
-    :meth:`~blockexp.expanders.Expander.export_model` then gives the model to save.
-    """
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    from .checkpoint import _config_from_dict, describe_spec
-    from .expanders import build_expander
-    from .module import check_fingerprint, load_expanded
-
-    info = state["blockexp"]
-    expander = build_expander(info["manifest"]["expander"])
-    prefix = "model."
-    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
-    fingerprint = info.get("frozen_fingerprint")
-    if fingerprint is None:
-        config = _config_from_dict(info["base_config"])
-        with no_init_weights():
-            model = AutoModelForCausalLM.from_config(config)
-        expansion = expander.expand(model)
-    else:
-        hp = state.get("hyper_parameters", {})
-        expansion, _, _ = load_expanded(hp, expander)
-        check_fingerprint(expansion.model, fingerprint, describe_spec(hp["base"]))
-        missing = sorted(n for n in expansion.trainable if n not in weights)
-        if missing:
-            raise ValueError(
-                f"{name}: trainable parameters missing from the checkpoint: {missing[:3]}"
-            )
-    try:
-        expansion.model.load_state_dict(weights, strict=fingerprint is None, assign=True)
-    except RuntimeError as err:
-        raise ValueError(f"{name}: weights do not match the stored model: {err}") from err
-    expansion.model.tie_weights()
-    model = expander.export_model(expansion.model)
-    model.config.use_cache = True
-    return model
 
 
 def export(ckpt: str, out: str, tokenizer: str | None = None, overwrite: bool = False) -> Path:
@@ -272,25 +176,9 @@ def export(ckpt: str, out: str, tokenizer: str | None = None, overwrite: bool = 
         tokenizer: tokenizer spec to save beside the model (default: the one used in training).
         overwrite: replace an existing output directory.
     """
-    from .checkpoint import save_pretrained_atomic
-    from .tokenization import load_tokenizer
+    from .export import export_checkpoint
 
-    path = Path(ckpt).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {ckpt} does not exist.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    info = state.get("blockexp")
-    if info is None:
-        raise ValueError(f"{ckpt} was not written by blockexp fit (no 'blockexp' entry).")
-    model = rebuild_from_checkpoint(state, path)
-    spec = tokenizer or info.get("tokenizer")
-    tok = load_tokenizer(spec) if spec else None
-    from .module import export_dtype
-
-    policy = state.get("hyper_parameters", {}).get("precision_policy", "full")
-    result = save_pretrained_atomic(
-        model, out, tok, info["manifest"], overwrite=overwrite, dtype=export_dtype(policy)
-    )
+    result = export_checkpoint(ckpt, out, tokenizer, overwrite)
     _console().print(f"Exported {ckpt} to {result}")
     return result
 
@@ -313,7 +201,7 @@ class BlockexpCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        from .module import resolve_tokenizer_spec
+        from .loading import resolve_tokenizer_spec
 
         parser.set_defaults({"trainer.gradient_clip_val": 1.0})
         parser.link_arguments(

@@ -1,123 +1,37 @@
-"""The LightningModule: loads a base model, applies an expander, trains what the expander marks
-trainable, and exports a standard Hugging Face directory."""
+"""The LightningModule that trains an expanded model (what to load comes from
+:mod:`blockexp.loading`, how to write it out from :mod:`blockexp.checkpoint`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 
-from .checkpoint import (
-    ModelSpec,
-    build_manifest,
-    describe_spec,
-    load_model,
-    save_pretrained_atomic,
-)
+from . import loading
+from ._compat import moved
+from .attention import uses_flash_attention
+from .checkpoint import build_manifest, describe_spec, save_pretrained_atomic
 from .expanders import Expander, build_expander
 
-__all__ = ["BlockExpansionModule", "cosine_with_warmup", "resolve_tokenizer_spec"]
+__all__ = ["BlockExpansionModule", "cosine_with_warmup"]
 
-
-def resolve_tokenizer_spec(tokenizer: str | None, base: ModelSpec) -> str:
-    """The tokenizer to use: ``tokenizer`` if given, else the base model's own.
-
-    An inline config (a random model, no files) has no tokenizer of its own: it gets the built-in
-    byte-level tokenizer (``byte``), which needs ``vocab_size >= 259``. So switching a config from
-    an inline tiny model to a real one is a one-line change of ``model.base``.
-    """
-    if tokenizer:
-        return tokenizer
-    if isinstance(base, dict):
-        from .tokenization import BYTE_VOCAB_SIZE
-
-        vocab = base.get("vocab_size")
-        if vocab is not None and vocab < BYTE_VOCAB_SIZE:
-            raise ValueError(
-                f"The inline base config has vocab_size={vocab}, too small for the built-in byte "
-                f"tokenizer ({BYTE_VOCAB_SIZE} ids): set model.tokenizer to a tokenizer directory "
-                f"or hub id, or vocab_size >= {BYTE_VOCAB_SIZE}."
-            )
-        return "byte"
-    return base
-
-
-def _checksum(tensor: torch.Tensor) -> tuple[float, float]:
-    tensor = tensor.detach()
-    if hasattr(tensor, "full_tensor"):  # DTensor under FSDP2
-        tensor = tensor.full_tensor()
-    tensor = tensor.double()
-    return float(tensor.sum()), float(tensor.abs().sum())
-
-
-def frozen_fingerprint(model: torch.nn.Module, trainable: frozenset[str], count: int = 8) -> dict:
-    """Checksums (sum, sum of absolute values) of up to ``count`` frozen tensors, evenly spread.
-
-    Stored in trainable-only checkpoints so that resuming from a base whose weights changed fails
-    loudly instead of silently training on different frozen weights.
-    """
-    params = dict(model.named_parameters())
-    frozen = sorted(name for name in params if name not in trainable)
-    step = max(1, len(frozen) // count)
-    return {name: list(_checksum(params[name])) for name in frozen[::step][:count]}
-
-
-def check_fingerprint(model: torch.nn.Module, expected: dict, base: str) -> None:
-    """Raise if the frozen weights of ``model`` do not match a :func:`frozen_fingerprint`."""
-    params = dict(model.named_parameters())
-    for name, (total, absolute) in expected.items():
-        if name not in params:
-            raise ValueError(f"The checkpoint's frozen parameter {name} is not in the model.")
-        got_total, got_absolute = _checksum(params[name])
-        tol = 1e-6 * max(1.0, abs(absolute))
-        if abs(got_total - total) > tol or abs(got_absolute - absolute) > tol:
-            raise ValueError(
-                f"The frozen weights of base '{base}' differ from those the checkpoint was trained "
-                f"on ({name}). Resume with the same base, or train with save_frozen=true to make "
-                "checkpoints self-contained."
-            )
-
-
-def load_expanded(
-    hparams: Mapping[str, Any], expander: Expander, attn_implementation: str | None = None
-) -> tuple[Any, dict[str, int], dict[str, Any]]:
-    """Load the base as training does and expand it: dtype from the precision policy, the
-    expander applied, trainable parameters marked, frozen ones cast under ``lean``.
-
-    Returns:
-        ``(expansion, base_info, base_config)``: the :class:`~blockexp.expanders.Expansion`, the
-        base depth and parameter count, and the base config as a dict.
-    """
-    from .precision import apply_precision_policy
-
-    policy = hparams.get("precision_policy", "full")
-    model = load_model(
-        hparams["base"],
-        dtype="bfloat16" if policy == "lean" else hparams.get("dtype", "float32"),
-        trust_remote_code=hparams.get("trust_remote_code", False),
-        seed=hparams.get("seed", 0),
-        attn_implementation=attn_implementation,
-    )
-    base_info = {
-        "num_layers": int(model.config.num_hidden_layers),
-        "params": sum(p.numel() for p in model.parameters()),
-    }
-    base_config = model.config.to_dict()
-    expansion = expander.expand(model)
-    expansion.freeze()
-    apply_precision_policy(model, policy)
-    return expansion, base_info, base_config
-
-
-def export_dtype(precision_policy: str) -> torch.dtype | None:
-    """The single dtype exports are stored in: bf16 under the ``lean`` policy (whose frozen
-    weights are bf16), else ``None`` (as trained)."""
-    return torch.bfloat16 if precision_policy == "lean" else None
+__getattr__ = moved(
+    __name__,
+    {
+        name: "blockexp.loading"
+        for name in (
+            "check_fingerprint",
+            "export_dtype",
+            "frozen_fingerprint",
+            "load_expanded",
+            "resolve_tokenizer_spec",
+        )
+    },
+)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
@@ -210,7 +124,7 @@ class BlockExpansionModule(L.LightningModule):
         # Stored as plain data so checkpoints load with torch.load(weights_only=True).
         self.hparams["expander"] = expander.config()
         # The resolved spec (the data module's copy is what loggers record).
-        self.hparams["tokenizer"] = resolve_tokenizer_spec(tokenizer, base)
+        self.hparams["tokenizer"] = loading.resolve_tokenizer_spec(tokenizer, base)
         self.expander = expander
         self.model: torch.nn.Module | None = None
         self.expansion = None
@@ -227,9 +141,9 @@ class BlockExpansionModule(L.LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
-        from .precision import select_attn_implementation
+        from .attention import select_attn_implementation
 
-        expansion, self.base_info, self.base_config = load_expanded(
+        expansion, self.base_info, self.base_config = loading.load_expanded(
             hp, self.expander, select_attn_implementation(hp.attn_implementation)
         )
         model = expansion.model
@@ -245,7 +159,7 @@ class BlockExpansionModule(L.LightningModule):
         self.model = expansion.model
         mesh = getattr(self, "_device_mesh", None)  # set by Lightning's ModelParallelStrategy
         if mesh is not None:
-            from .precision import shard_fsdp2
+            from .distributed import shard_fsdp2
 
             shard_fsdp2(model, mesh["data_parallel"])
 
@@ -267,8 +181,8 @@ class BlockExpansionModule(L.LightningModule):
         return self.model(input_ids=input_ids, **kwargs)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        if "position_ids" in batch and self._uses_flash_attention():
-            from .precision import flatten_packed_batch
+        if "position_ids" in batch and uses_flash_attention(self.model):
+            from .data.packing import flatten_packed_batch
 
             batch = flatten_packed_batch(batch)
         labels = batch["labels"]
@@ -286,9 +200,6 @@ class BlockExpansionModule(L.LightningModule):
         n_tokens = (labels[:, 1:] != -100).sum()
         return out.loss, n_tokens
 
-    def _uses_flash_attention(self) -> bool:
-        return getattr(self.model.config, "_attn_implementation", None) == "flash_attention_2"
-
     def _autocast(self):
         """bf16 autocast under the ``lean`` precision policy; otherwise no context at all, so the
         trainer's own autocast (``bf16-mixed``) stays in force (``autocast(enabled=False)`` would
@@ -305,7 +216,7 @@ class BlockExpansionModule(L.LightningModule):
             check_trainer_precision(self.hparams.get("precision_policy", "full"), trainer.precision)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, n_tokens = self._loss(batch)
+        loss, _ = self._loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         return loss
@@ -372,12 +283,14 @@ class BlockExpansionModule(L.LightningModule):
             "manifest": self.manifest(),
             "tokenizer": self.tokenizer_spec(),
         }
-        if not self.hparams.get("save_frozen", True):
+        if not self.hparams.get("save_frozen", False):
             keep = {"model." + name for name in self.expansion.trainable}
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith("model.") and k not in keep]:
                 del state[key]
-            info["frozen_fingerprint"] = frozen_fingerprint(self.model, self.expansion.trainable)
+            info["frozen_fingerprint"] = loading.frozen_fingerprint(
+                self.model, self.expansion.trainable
+            )
         checkpoint["blockexp"] = info
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -398,7 +311,7 @@ class BlockExpansionModule(L.LightningModule):
                 f"The checkpoint lacks {len(missing)} trainable parameters (e.g. {missing[:3]}); "
                 "was it written with another expander?"
             )
-        check_fingerprint(self.model, expected, describe_spec(self.hparams.base))
+        loading.check_fingerprint(self.model, expected, describe_spec(self.hparams.base))
 
     def tokenizer_spec(self) -> str:
         """The tokenizer spec, resolved in ``__init__`` (the base's own unless one was given)."""
@@ -428,7 +341,7 @@ class BlockExpansionModule(L.LightningModule):
                 self.manifest(),
                 protect=protect,
                 overwrite=overwrite,
-                dtype=export_dtype(self.hparams.get("precision_policy", "full")),
+                dtype=loading.export_dtype(self.hparams.get("precision_policy", "full")),
                 weights_format=weights_format,
             )
         finally:

@@ -358,7 +358,7 @@ class PackedBlocks(Dataset):
         index: Optional row indices into ``blocks`` (repeats allowed), used for
             mixture weighting; defaults to every row once.
         eos_id: When given, items also carry ``position_ids`` that restart after every EOS
-            (document masking: see :func:`blockexp.precision.packed_position_ids`).
+            (document masking: see :func:`blockexp.data.packing.packed_position_ids`).
     """
 
     def __init__(
@@ -379,7 +379,7 @@ class PackedBlocks(Dataset):
         ids = torch.from_numpy(self.blocks[self.index[i]].astype(np.int64))
         item = {"input_ids": ids, "labels": ids.clone()}
         if self.eos_id is not None:
-            from blockexp.precision import packed_position_ids
+            from blockexp.data.packing import packed_position_ids
 
             item["position_ids"] = packed_position_ids(ids[None], self.eos_id)[0]
         return item

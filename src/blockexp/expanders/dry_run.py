@@ -1,0 +1,54 @@
+"""Planning an expansion from a config alone: the layer map and parameter counts, with the model
+built on the meta device (no weights are read)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import Expander
+
+__all__ = ["plan_summary"]
+
+
+def plan_summary(base: str, expander: Expander, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Plan an expansion from a config alone: the model is built on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    from ..checkpoint import load_config
+
+    config = load_config(base, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    base_layers = int(config.num_hidden_layers)
+    base_params = sum(p.numel() for p in model.parameters())
+    expansion = expander.expand(model)
+    total, trainable = expansion.parameter_counts()
+    if expansion.plan is not None:
+        layers = [
+            {
+                "index": s.index,
+                "source": list(s.source),
+                "init": s.init,
+                "zero_out": s.zero_out,
+                "trainable": s.trainable,
+            }
+            for s in expansion.plan.layers
+        ]
+    else:
+        layers = [
+            {"index": i, "source": [i], "init": "base", "zero_out": False, "trainable": None}
+            for i in range(base_layers)
+        ]
+    return {
+        "model_type": config.model_type,
+        "strategy": type(expander).__name__,
+        "expander": expander.config(),
+        "base_num_layers": base_layers,
+        "base_params": base_params,
+        "num_layers": int(expansion.model.config.num_hidden_layers),
+        "total_params": total,
+        "trainable_params": trainable,
+        "layers": layers,
+    }
