@@ -123,7 +123,7 @@ def test_export_matches_trained_module_and_protects_outputs(corpus, tmp_path):
 
 
 def test_default_tokenizer_spec():
-    from blockexp.module import resolve_tokenizer_spec
+    from blockexp.loading import resolve_tokenizer_spec
 
     assert resolve_tokenizer_spec(None, tiny_llama_dict(2)) == "byte"
     with pytest.raises(ValueError, match="vocab_size=100, too small for the built-in byte"):

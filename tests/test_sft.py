@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from blockexp.data import DataError, SFTDataModule
+from blockexp.data.collate import IGNORE_INDEX
 from blockexp.data.sft import (
-    IGNORE_INDEX,
     encode_conversation,
     iter_json_records,
     normalize_record,

@@ -17,7 +17,7 @@ from blockexp.cli import BlockexpCLI, main
 from blockexp.continual.protocol import TRACE_EPOCHS, constant_with_warmup
 from blockexp.continual.report import trace_eval_entry
 from blockexp.data import DataError, TRACEDataModule
-from blockexp.data.sft import IGNORE_INDEX
+from blockexp.data.collate import IGNORE_INDEX
 from blockexp.data.trace import TRACE_ORDER, read_trace_split
 from blockexp.data.trace_synthetic import (
     SYNTHETIC_TASK_METRICS,

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["IGNORE_INDEX", "causal_lm_forward_loss", "chunked_causal_lm_loss", "loss_chunk_tokens"]
+from .data.collate import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "causal_lm_forward_loss", "chunked_causal_lm_loss", "loss_chunk_tokens"]
 
 
 def loss_chunk_tokens(num_tokens: int, hidden_size: int, vocab_size: int, minimum: int = 64) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from blockexp.data.sft import pad_collate
+from blockexp.data.collate import pad_collate
 
 __all__ = ["generate_answers"]
 

@@ -1,7 +1,34 @@
-"""Data loading for continual pre-training."""
+"""Training data: DataModules for continual pre-training (:class:`CPTDataModule`), supervised
+fine-tuning (:class:`SFTDataModule`) and the TRACE benchmark (:class:`TRACEDataModule`) on one base
+(:class:`~blockexp.data.base.BlockexpDataModule`). Imported on first use, so that light modules
+(``blockexp.data.collate``, ``blockexp.data.packing``) load without Lightning or datasets."""
 
-from blockexp.data.cpt import CPTDataModule, DataError, DataSource
-from blockexp.data.sft import SFTDataModule
-from blockexp.data.trace import TRACEDataModule
+from __future__ import annotations
 
-__all__ = ["CPTDataModule", "DataError", "DataSource", "SFTDataModule", "TRACEDataModule"]
+import importlib
+from typing import Any
+
+from .records import DataError
+
+__all__ = [
+    "BlockexpDataModule",
+    "CPTDataModule",
+    "DataError",
+    "DataSource",
+    "SFTDataModule",
+    "TRACEDataModule",
+]
+
+_LAZY = {
+    "BlockexpDataModule": "blockexp.data.base",
+    "CPTDataModule": "blockexp.data.cpt",
+    "DataSource": "blockexp.data.cpt",
+    "SFTDataModule": "blockexp.data.sft",
+    "TRACEDataModule": "blockexp.data.trace",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import lightning as L
 import numpy as np
 import tokenizers
 import torch
@@ -52,9 +51,7 @@ import transformers
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from blockexp.tokenization import load_tokenizer
-
-from .loader import ResumableDataLoader
+from .base import BlockexpDataModule
 from .records import DataError, iter_json_records
 
 __all__ = ["CPTDataModule", "DataError", "DataSource", "PackedBlocks", "infer_format"]
@@ -398,7 +395,7 @@ def _round_half_up(x: float) -> int:
 # --------------------------------------------------------------------------- data module
 
 
-class CPTDataModule(L.LightningDataModule):
+class CPTDataModule(BlockexpDataModule):
     """Packed, mixture-weighted continual pre-training data from local files.
 
     Args:
@@ -452,7 +449,6 @@ class CPTDataModule(L.LightningDataModule):
         trust_remote_code: bool = False,
         document_masking: bool = False,
     ) -> None:
-        super().__init__()
         if isinstance(sources, (DataSource, Mapping)) or not sources:
             raise DataError(
                 "`sources` must be a non-empty list of DataSource(name=..., path=..., weight=...)"
@@ -468,14 +464,10 @@ class CPTDataModule(L.LightningDataModule):
             raise DataError(
                 f"seq_len must be an integer >= 2 (inputs and shifted labels), got {seq_len!r}"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(val_fraction, (int, float)) or not 0.0 <= float(val_fraction) < 1.0:
             raise DataError(
                 f"val_fraction must be in [0, 1), got {val_fraction!r} (use 0 to disable validation)"
             )
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise DataError(f"num_workers must be an integer >= 0, got {num_workers!r}")
         for source in sources:
             source.resolved_format  # noqa: B018  (raises DataError for unknown extensions)
             path = Path(source.path).expanduser()
@@ -485,17 +477,13 @@ class CPTDataModule(L.LightningDataModule):
                     f"(resolved to {path.resolve()}); check the path in the source list"
                 )
 
+        super().__init__(tokenizer, batch_size, num_workers, seed, trust_remote_code)
         self.sources = sources
         self.seq_len = seq_len
-        self.batch_size = batch_size
         self.val_fraction = float(val_fraction)
-        self.num_workers = num_workers
-        self.seed = seed
         self.cache_dir = cache_dir
-        self.trust_remote_code = trust_remote_code
         self.document_masking = document_masking
-        self.tokenizer_spec = tokenizer
-        self.tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+        self._validated: set[tuple] = set()
         self.save_hyperparameters(
             {
                 "sources": [asdict(s) for s in sources],
@@ -528,7 +516,7 @@ class CPTDataModule(L.LightningDataModule):
         Returns:
             A dataset with one ``input_ids`` row (ending in eos) per non-blank document.
         """
-        validate_source(source)
+        self._validate_once(source)
         fmt = source.resolved_format
         path = str(Path(source.path).expanduser().resolve())
         kwargs: dict[str, Any] = {"sample_by": "paragraph"} if fmt == "text" else {}
@@ -570,6 +558,21 @@ class CPTDataModule(L.LightningDataModule):
         if len(tokenized) == 0:
             raise DataError(f"{_describe(source)} is empty: no non-blank documents after loading")
         return tokenized
+
+    def _validate_once(self, source: DataSource) -> None:
+        """:func:`validate_source`, skipped when this file (same size and mtime) passed before."""
+        stat = Path(source.path).expanduser().stat()
+        key = (
+            source.name,
+            source.path,
+            source.text_field,
+            source.format,
+            stat.st_size,
+            stat.st_mtime_ns,
+        )
+        if key not in self._validated:
+            validate_source(source)
+            self._validated.add(key)
 
     def prepare_data(self) -> None:
         """Validate and tokenise every source once (fills the ``datasets`` cache)."""
@@ -687,31 +690,10 @@ class CPTDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
 
-    def _loader(self, dataset: PackedBlocks | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("datasets are built in setup(); call dm.setup('fit') first")
-        if self.num_workers > 0:
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        common = dict(
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=False
-        )
-        if shuffle:  # training: resumable mid-epoch from a Lightning checkpoint
-            return ResumableDataLoader(
-                dataset, self.batch_size, seed=self.seed, consumed=self._batches_consumed, **common
-            )
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **common)
-
-    def _batches_consumed(self) -> int | None:
-        """Training batches of the current epoch the trainer has finished (for resuming)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return None
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) loader over the weighted training blocks."""
-        return self._loader(self.train_dataset, shuffle=True)
+        """Shuffled (seeded, resumable) loader over the weighted training blocks."""
+        return self.train_loader(self.train_dataset)
 
     def val_dataloader(self) -> DataLoader:
         """Loader over the unweighted validation blocks, in order."""
-        return self._loader(self.val_dataset, shuffle=False)
+        return self.eval_loader(self.val_dataset)

@@ -28,18 +28,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import transformers
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from blockexp.data.records import DataError, iter_json_records
-from blockexp.tokenization import load_tokenizer
+from blockexp._compat import moved
+
+from . import collate
+from .base import BlockexpDataModule, check_fraction, check_int
+from .collate import Collator
+from .records import DataError, iter_json_records
 
 __all__ = [
-    "IGNORE_INDEX",
     "SIMPLE_CHAT_TEMPLATE",
     "SFTDataModule",
     "SFTDataset",
@@ -47,11 +49,14 @@ __all__ = [
     "iter_json_records",
     "normalize_record",
     "pack_examples",
-    "pad_collate",
     "read_conversations",
 ]
 
-IGNORE_INDEX = -100
+__getattr__ = moved(
+    __name__,
+    {"IGNORE_INDEX": "blockexp.data.collate", "pad_collate": "blockexp.data.collate"},
+)
+
 
 #: Used when the tokenizer has no chat template: ``<|role|>\ncontent`` per turn, the eos token
 #: closes every assistant turn (so the model learns to stop), other turns end with a newline.
@@ -234,7 +239,7 @@ def encode_conversation(
             continue
         ids = tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
         input_ids.extend(ids)
-        labels.extend(ids if trainable else [IGNORE_INDEX] * len(ids))
+        labels.extend(ids if trainable else [collate.IGNORE_INDEX] * len(ids))
     if max_length is not None:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     return input_ids, labels
@@ -287,45 +292,6 @@ class SFTDataset(Dataset):
         }
 
 
-def pad_collate(
-    batch: list[dict[str, torch.Tensor]], pad_token_id: int, side: str = "right"
-) -> dict[str, torch.Tensor]:
-    """Pad ``input_ids`` (with ``pad_token_id``) and ``labels`` (with -100); add the mask.
-
-    Args:
-        batch: items with ``input_ids`` and optionally ``labels``.
-        pad_token_id: the padding id.
-        side: ``"right"`` for training, ``"left"`` for batched generation.
-    """
-    width = max(len(item["input_ids"]) for item in batch)
-    out: dict[str, list[torch.Tensor]] = {"input_ids": [], "attention_mask": [], "labels": []}
-    for item in batch:
-        ids = item["input_ids"]
-        pad = width - len(ids)
-
-        def _pad(t: torch.Tensor, value: int, pad: int = pad) -> torch.Tensor:
-            fill = torch.full((pad,), value, dtype=t.dtype)
-            return torch.cat([t, fill]) if side == "right" else torch.cat([fill, t])
-
-        out["input_ids"].append(_pad(ids, pad_token_id))
-        out["attention_mask"].append(_pad(torch.ones_like(ids), 0))
-        if "labels" in item:
-            out["labels"].append(_pad(item["labels"], IGNORE_INDEX))
-    result = {k: torch.stack(v) for k, v in out.items() if v}
-    return result
-
-
-class _Collator:
-    """Picklable collate function (for DataLoader workers)."""
-
-    def __init__(self, pad_token_id: int, side: str = "right") -> None:
-        self.pad_token_id = int(pad_token_id)
-        self.side = side
-
-    def __call__(self, batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return pad_collate(batch, self.pad_token_id, self.side)
-
-
 def tokenize_conversations(
     tokenizer: transformers.PreTrainedTokenizerBase,
     conversations: Sequence[list[dict[str, str]]],
@@ -336,7 +302,7 @@ def tokenize_conversations(
     examples, dropped = [], 0
     for messages in conversations:
         ids, labels = encode_conversation(tokenizer, messages, max_length, template)
-        if any(label != IGNORE_INDEX for label in labels[1:]):
+        if any(label != collate.IGNORE_INDEX for label in labels[1:]):
             examples.append((ids, labels))
         else:
             dropped += 1
@@ -346,7 +312,7 @@ def tokenize_conversations(
 # ------------------------------------------------------------------------------ data module
 
 
-class SFTDataModule(L.LightningDataModule):
+class SFTDataModule(BlockexpDataModule):
     """Supervised fine-tuning data from local JSON / JSONL files.
 
     Args:
@@ -381,33 +347,25 @@ class SFTDataModule(L.LightningDataModule):
         seed: int = 0,
         trust_remote_code: bool = False,
     ) -> None:
-        super().__init__()
         if isinstance(train_files, str | os.PathLike):
             train_files = [str(train_files)]
         if not train_files:
             raise DataError("train_files must list at least one .json / .jsonl file")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise DataError(f"max_length must be an integer >= 2, got {max_length!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        check_int("max_length", max_length, minimum=2)
+        check_fraction("val_fraction", val_fraction)
         for path in [*train_files, *(val_files or [])]:
             if not Path(path).expanduser().is_file():
                 raise FileNotFoundError(
                     f"SFT data file {path!r} not found (resolved to {Path(path).resolve()})"
                 )
+        super().__init__(tokenizer, batch_size, num_workers, seed, trust_remote_code)
         self.save_hyperparameters()
         self.train_files = [str(p) for p in train_files]
         self.val_files = [str(p) for p in (val_files or [])]
         self.max_length = max_length
-        self.batch_size = batch_size
         self.packing = packing
         self.val_fraction = float(val_fraction)
         self.chat_template = chat_template
-        self.num_workers = num_workers
-        self.seed = seed
-        self.tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         self.train_dataset: SFTDataset | None = None
         self.val_dataset: SFTDataset | None = None
         self.dropped = 0
@@ -449,25 +407,12 @@ class SFTDataModule(L.LightningDataModule):
                 f"no training examples left after truncation to max_length={self.max_length}"
             )
 
-    def _loader(self, dataset: SFTDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("datasets are built in setup(); call dm.setup('fit') first")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            collate_fn=_Collator(self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, right-padded training batches."""
-        return self._loader(self.train_dataset, shuffle=True)
+        """Shuffled (seeded, resumable), right-padded training batches."""
+        return self.train_loader(self.train_dataset, Collator(self.pad_token_id))
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches (an empty list when there is no validation data)."""
         if self.val_dataset is not None and len(self.val_dataset) == 0:
             return []
-        return self._loader(self.val_dataset, shuffle=False)
+        return self.eval_loader(self.val_dataset, Collator(self.pad_token_id))

@@ -34,22 +34,16 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
 from blockexp.continual.protocol import TRACE_EPOCHS, Protocol, get_protocol
-from blockexp.data.loader import ResumableDataLoader
-from blockexp.data.records import DataError, iter_json_records
-from blockexp.data.sft import (
-    IGNORE_INDEX,
-    SFTDataset,
-    _Collator,
-    chat_template_for,
-    encode_conversation,
-)
 from blockexp.metrics.text import METRICS, SCORING, TRACE_TASK_METRICS
-from blockexp.tokenization import load_tokenizer
+
+from .base import BlockexpDataModule, check_int
+from .collate import IGNORE_INDEX, Collator
+from .records import DataError, iter_json_records
+from .sft import SFTDataset, chat_template_for, encode_conversation
 
 __all__ = ["TRACE_ORDER", "TRACEDataModule", "read_trace_split"]
 
@@ -103,14 +97,6 @@ def _cap(records: list[dict[str, str]], cap: int | None, seed: int, tag: str) ->
     return [records[i] for i in keep]
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        kind = "None or an integer >= 1" if allow_none else "an integer >= 1"
-        raise DataError(f"{name} must be {kind}, got {value!r}")
-
-
 def _default_tasks(root: Path) -> list[str]:
     """TRACE's order when ``root`` holds its eight task folders; otherwise a clear error."""
     missing = [t for t in TRACE_ORDER if not (root / t / "train.json").is_file()]
@@ -124,8 +110,8 @@ def _default_tasks(root: Path) -> list[str]:
     )
 
 
-class TRACEDataModule(L.LightningDataModule):
-    """The TRACE tasks in sequence.
+class TRACEDataModule(BlockexpDataModule):
+    """The TRACE tasks in sequence (a new training loader every epoch: the running task's).
 
     Args:
         root: directory holding one sub-directory per task.
@@ -165,6 +151,8 @@ class TRACEDataModule(L.LightningDataModule):
         trust_remote_code: forwarded to the tokenizer loader.
     """
 
+    reload_every_epoch = True
+
     def __init__(
         self,
         root: str,
@@ -191,74 +179,78 @@ class TRACEDataModule(L.LightningDataModule):
         seed: int = 0,
         trust_remote_code: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
+        root_path = Path(root).expanduser()
+        if not root_path.is_dir():
             raise FileNotFoundError(
-                f"TRACE root {root!r} is not a directory (resolved to {self.root.resolve()}). "
+                f"TRACE root {root!r} is not a directory (resolved to {root_path.resolve()}). "
                 "Download the released TRACE data (see docs/trace.md) and point "
                 "data.init_args.root at the folder holding C-STANCE/, FOMC/, ...; or generate a "
                 "synthetic one with `python -m blockexp.data.trace_synthetic DIR`."
             )
         try:
-            self.protocol: Protocol = get_protocol(protocol)
+            protocol_spec: Protocol = get_protocol(protocol)
         except ValueError as err:
             raise DataError(str(err)) from None
         if scoring not in SCORING:
             raise DataError(f"scoring must be one of {list(SCORING)}, got {scoring!r}")
         if eval_tasks not in EVAL_TASKS:
             raise DataError(f"eval_tasks must be one of {list(EVAL_TASKS)}, got {eval_tasks!r}")
-        self.tasks = list(tasks) if tasks else _default_tasks(self.root)
-        if len(set(self.tasks)) != len(self.tasks):
-            raise DataError(f"tasks must be unique, got {self.tasks}")
+        task_list = list(tasks) if tasks else _default_tasks(root_path)
+        if len(set(task_list)) != len(task_list):
+            raise DataError(f"tasks must be unique, got {task_list}")
         if eval_split not in SPLITS:
             raise DataError(f"eval_split must be one of {SPLITS}, got {eval_split!r}")
         if prompt_format not in ("plain", "chat"):
             raise DataError(f"prompt_format must be 'plain' or 'chat', got {prompt_format!r}")
         if epochs is None:
-            unknown = [t for t in self.tasks if t not in TRACE_EPOCHS]
+            unknown = [t for t in task_list if t not in TRACE_EPOCHS]
             if unknown:
                 raise DataError(
                     f"set data.init_args.epochs (one number, or one per task): TRACE's per-task "
                     f"epochs exist only for its own tasks, not for {unknown}"
                 )
-            epochs_list = [TRACE_EPOCHS[t] for t in self.tasks]
+            epochs_list = [TRACE_EPOCHS[t] for t in task_list]
         else:
-            epochs_list = [epochs] * len(self.tasks) if isinstance(epochs, int) else list(epochs)
-        if len(epochs_list) != len(self.tasks) or any(
+            epochs_list = [epochs] * len(task_list) if isinstance(epochs, int) else list(epochs)
+        if len(epochs_list) != len(task_list) or any(
             isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in epochs_list
         ):
             raise DataError(
                 f"epochs must be an integer >= 1 or one such integer per task "
-                f"({len(self.tasks)} tasks), got {epochs!r}"
+                f"({len(task_list)} tasks), got {epochs!r}"
             )
-        _positive_int("max_train_samples", max_train_samples)
-        _positive_int("max_eval_samples", max_eval_samples)
-        _positive_int("max_prompt_len", max_prompt_len, allow_none=False)
-        _positive_int("max_ans_len", max_ans_len, allow_none=False)
+        check_int("max_train_samples", max_train_samples, allow_none=True)
+        check_int("max_eval_samples", max_eval_samples, allow_none=True)
+        check_int("max_prompt_len", max_prompt_len)
+        check_int("max_ans_len", max_ans_len)
+        check_int("eval_batch_size", eval_batch_size)
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise DataError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
         if temperature is not None and temperature <= 0:
             raise DataError(f"temperature must be > 0, got {temperature!r}")
         metrics = {**TRACE_TASK_METRICS, **(task_metrics or {})}
-        missing = [t for t in self.tasks if t not in metrics]
+        missing = [t for t in task_list if t not in metrics]
         if missing:
             raise DataError(
                 f"no metric for tasks {missing}: set data.init_args.task_metrics, e.g. "
                 f"{{{missing[0]!r}: 'accuracy'}} (metrics: {sorted(METRICS)})"
             )
-        unknown = {t: m for t, m in metrics.items() if t in self.tasks and m not in METRICS}
+        unknown = {t: m for t, m in metrics.items() if t in task_list and m not in METRICS}
         if unknown:
             raise DataError(f"unknown metrics {unknown}; choose from {sorted(METRICS)}")
-        for task in self.tasks:
+        for task in task_list:
             for split in ("train", eval_split):
-                path = self.root / task / f"{split}.json"
+                path = root_path / task / f"{split}.json"
                 if not path.is_file():
                     raise FileNotFoundError(
                         f"TRACE task {task!r}: {path} is missing (expected "
                         f"<root>/<Task>/{{train,eval,test}}.json)"
                     )
+        super().__init__(tokenizer, batch_size, num_workers, seed, trust_remote_code)
+        self.save_hyperparameters()
+        self.root = root_path
+        self.protocol = protocol_spec
+        self.tasks = task_list
         self.epochs = epochs_list
         self.scoring = scoring
         self.eval_tasks = eval_tasks
@@ -275,11 +267,7 @@ class TRACEDataModule(L.LightningDataModule):
             self.temperature = 1.0
         self.warmup_steps = warmup_steps
         self.prompt_format = prompt_format
-        self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         self.task_index = 0  # used when no trainer is attached
         self._train: dict[str, SFTDataset] = {}
         self._val: dict[str, SFTDataset] = {}
@@ -323,18 +311,6 @@ class TRACEDataModule(L.LightningDataModule):
         """The id put before every sequence: bos, or eos for a tokenizer without bos."""
         bos = self.tokenizer.bos_token_id
         return self.tokenizer.eos_token_id if bos is None else bos
-
-    @property
-    def pad_token_id(self) -> int:
-        """The padding id: pad, else unk, else eos (TRACE pads Llama with unk, others with eos)."""
-        for token_id in (
-            self.tokenizer.pad_token_id,
-            self.tokenizer.unk_token_id,
-            self.tokenizer.eos_token_id,
-        ):
-            if token_id is not None:
-                return token_id
-        raise DataError("the tokenizer has no pad, unk or eos token to pad with")
 
     def _tokens(self, texts: list[str], limit: int) -> list[list[int]]:
         """Token ids of each text without special tokens, cut from the left to ``limit``."""
@@ -445,35 +421,11 @@ class TRACEDataModule(L.LightningDataModule):
         self.setup()
         return self._train[task]
 
-    def _loader(self, dataset: SFTDataset, shuffle: bool, batch_size: int) -> DataLoader:
-        collate = _Collator(self.pad_token_id, "right")
-        if not shuffle:
-            return DataLoader(
-                dataset, batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers
-            )
-        # A new order every epoch that depends only on (seed, epoch), resumable mid-epoch.
-        trainer = getattr(self, "trainer", None)
-        return ResumableDataLoader(
-            dataset,
-            batch_size,
-            seed=self.seed,
-            consumed=self._batches_consumed,
-            epoch=trainer.current_epoch if trainer is not None else 0,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-        )
-
-    def _batches_consumed(self) -> int | None:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return None
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
     def train_dataloader(self) -> DataLoader:
         """Training batches of the current task (re-made every epoch)."""
         self.setup()
         task = self.tasks[self.current_task]
-        return self._loader(self._train[task], True, self.batch_size)
+        return self.train_loader(self._train[task], Collator(self.pad_token_id))
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation loss batches of the current task's ``eval.json`` (empty if absent)."""
@@ -481,7 +433,7 @@ class TRACEDataModule(L.LightningDataModule):
         dataset = self._val[self.tasks[self.current_task]]
         if len(dataset) == 0:
             return []
-        return self._loader(dataset, False, self.eval_batch_size)
+        return self.eval_loader(dataset, Collator(self.pad_token_id), self.eval_batch_size)
 
     def describe(self) -> dict[str, Any]:
         """Per-task counts: training examples, scored records, metric, epochs."""
