@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REPO = Path(__file__).resolve().parents[1]
+# The data generators are scripts, not part of the package: tests import them from scripts/.
+sys.path.insert(0, str(REPO / "scripts"))
 
 
 def tiny_llama_dict(num_layers: int = 4, **overrides) -> dict:

@@ -205,7 +205,7 @@ def test_every_shipped_config_parses(config, monkeypatch, tmp_path):
     data = raw.get("data", {})
     root = data.get("init_args", {}).get("root")
     if data.get("class_path", "").endswith("TRACEDataModule") and not (REPO / root).is_dir():
-        from blockexp.data.trace_synthetic import generate_trace_standins
+        from make_trace_data import generate_trace_standins
 
         generate_trace_standins(tmp_path / "trace", train=2, eval=1, test=1)
         args += ["--data.init_args.root", str(tmp_path / "trace")]

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from make_quickstart_data import write_quickstart_data
 
 from blockexp.data import CPTDataModule, DataError, DataSource
 from blockexp.data import cpt as cpt_mod
-from blockexp.data.synthetic import write_quickstart_data
 from blockexp.tokenization import (
     BYTE_BOS_ID,
     BYTE_EOS_ID,
@@ -456,6 +456,6 @@ def test_committed_quickstart_data_matches_generator(tmp_path):
     for path in fresh.values():
         committed = (repo_dir / path.name).read_bytes()
         assert committed == path.read_bytes(), (
-            f"{path.name} is stale: run python -m blockexp.data.synthetic data/quickstart"
+            f"{path.name} is stale: run python scripts/make_quickstart_data.py data/quickstart"
         )
         assert 150_000 <= len(committed) <= 300_000

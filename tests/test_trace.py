@@ -11,6 +11,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from make_trace_data import (
+    SYNTHETIC_TASK_METRICS,
+    TRACE_STANDINS,
+    generate_micro_trace,
+    generate_trace_standins,
+)
 
 from blockexp.callbacks import TRACECallback
 from blockexp.cli import BlockexpCLI, main
@@ -19,12 +25,6 @@ from blockexp.continual.report import trace_eval_entry
 from blockexp.data import DataError, TRACEDataModule
 from blockexp.data.collate import IGNORE_INDEX
 from blockexp.data.trace import TRACE_ORDER, read_trace_split
-from blockexp.data.trace_synthetic import (
-    SYNTHETIC_TASK_METRICS,
-    TRACE_STANDINS,
-    generate_micro_trace,
-    generate_trace_standins,
-)
 from blockexp.expanders import LlamaPro
 from blockexp.metrics import TRACE_TASK_METRICS, build_metric
 from blockexp.module import BlockExpansionModule

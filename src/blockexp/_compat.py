@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["moved"]
+__all__ = ["load_script", "moved"]
 
 
 def moved(old: str, targets: Mapping[str, str] | str) -> Callable[[str], Any]:
@@ -33,3 +33,21 @@ def moved(old: str, targets: Mapping[str, str] | str) -> Callable[[str], Any]:
         return value
 
     return __getattr__
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` of the blockexp source tree (for the deprecated module paths
+    of the data generators, which moved out of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    if not path.is_file():
+        raise ImportError(
+            f"this generator moved to scripts/{name}.py of the blockexp repository, which this "
+            "installation does not include; run it from a clone of the repository"
+        )
+    spec = importlib.util.spec_from_file_location(f"blockexp_scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

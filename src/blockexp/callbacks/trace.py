@@ -1,5 +1,6 @@
-"""The TRACE callback: trains the task sequence under its protocol, scores the tasks after each
-one, and writes the score matrix R with OP and BWT (LLaMA Pro, Sec. 4.4, eqs. 6-7).
+"""The TRACE callback: orchestrates a TRACE run (schedule, evaluation and reports live in
+:mod:`blockexp.continual`) and records the score matrix R with OP and BWT (LLaMA Pro, Sec. 4.4,
+eqs. 6-7).
 
 Used with :class:`blockexp.data.TRACEDataModule` in a single ``trainer.fit``. At set-up it sets
 ``trainer.reload_dataloaders_every_n_epochs = 1`` (the data module serves the task of the
@@ -26,30 +27,31 @@ a Hugging Face directory ``models/<t-1>/`` (TRACE's ``<output_dir>/<round>`` lay
 
 from __future__ import annotations
 
-import functools
-import math
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from lightning.pytorch.utilities.types import LRSchedulerConfig
 from rich.console import Console
 
+from blockexp._compat import moved
 from blockexp.checkpoint import WEIGHTS_FORMATS
 from blockexp.continual import report
-from blockexp.continual.generation import generate_answers
-from blockexp.continual.protocol import constant_with_warmup
+from blockexp.continual.evaluation import score_task
+from blockexp.continual.schedule import ProtocolScheduler
 from blockexp.data.trace import TRACEDataModule
 from blockexp.metrics.continual import backward_transfer, overall_performance
-from blockexp.metrics.text import build_metric
 
-__all__ = ["TRACECallback", "generate_answers", "render_summary"]
+__all__ = ["TRACECallback"]
 
-render_summary = report.render_summary
+__getattr__ = moved(
+    __name__,
+    {
+        "generate_answers": "blockexp.continual.generation",
+        "render_summary": "blockexp.continual.report",
+    },
+)
 
 
 class TRACECallback(L.Callback):
@@ -85,10 +87,7 @@ class TRACECallback(L.Callback):
         self.metrics: dict[str, str] = {}
         self.R: np.ndarray | None = None
         self._settings_now: dict[str, Any] = {}
-        # The scheduler this callback installed and what for (compared by identity: a marker
-        # attribute would travel into checkpoints with the scheduler's state and come back on
-        # the module's own scheduler when resuming).
-        self._installed: tuple[Any, Any] | None = None
+        self._scheduler = ProtocolScheduler()
         self._default_dir = Path("trace")
         self.console = Console()
 
@@ -145,82 +144,7 @@ class TRACECallback(L.Callback):
 
     # -------------------------------------------------------------------- optimisation
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = self._datamodule(trainer)
-        if not trainer.optimizers:
-            return
-        if dm.protocol.one_optimizer:
-            self._one_schedule(trainer, dm)
-        else:
-            self._task_schedule(trainer, pl_module, dm)
-
-    @staticmethod
-    def _restart_from_peak(optimizer: torch.optim.Optimizer) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = group.get("initial_lr", group["lr"])
-            group.pop("initial_lr", None)
-
-    def _current(self, trainer: L.Trainer, tag: Any) -> bool:
-        configs = trainer.strategy.lr_scheduler_configs
-        return (
-            self._installed is not None
-            and bool(configs)
-            and configs[0].scheduler is self._installed[0]
-            and self._installed[1] == tag
-        )
-
-    def _install(self, trainer: L.Trainer, scheduler, done: int, tag: Any) -> None:
-        if done:  # resuming: continue the schedule where it stopped
-            scheduler.last_epoch = done
-            for group, base, fn in zip(
-                scheduler.optimizer.param_groups,
-                scheduler.base_lrs,
-                scheduler.lr_lambdas,
-                strict=True,
-            ):
-                group["lr"] = base * fn(done)
-        self._installed = (scheduler, tag)
-        trainer.strategy.lr_scheduler_configs = [
-            LRSchedulerConfig(scheduler, interval="step", frequency=1)
-        ]
-
-    def _one_schedule(self, trainer: L.Trainer, dm: TRACEDataModule) -> None:
-        """``trace``: one optimizer, weight decay 0, one constant schedule after warmup."""
-        optimizer = trainer.optimizers[0]
-        for group in optimizer.param_groups:
-            group["weight_decay"] = dm.protocol.weight_decay
-        if self._current(trainer, "trace"):
-            return
-        self._restart_from_peak(optimizer)
-        schedule = functools.partial(constant_with_warmup, warmup_steps=dm.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        self._install(trainer, scheduler, trainer.global_step, "trace")
-
-    def _task_schedule(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, dm: TRACEDataModule
-    ) -> None:
-        """``reset``: fresh AdamW and the module's warmup + cosine schedule for every task."""
-        task = dm.current_task
-        first, _ = dm.task_bounds(task)
-        if self._current(trainer, ("reset", task)):
-            return
-        epoch = trainer.current_epoch
-        if task > 0 and epoch == first:
-            trainer.strategy.setup_optimizers(trainer)
-        optimizer = trainer.optimizers[0]
-        hp = pl_module.hparams
-        per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        total = max(1, per_epoch * dm.epochs[task])
-        warmup = int(round(float(hp.get("warmup_ratio", 0.0)) * total))
-        min_ratio = float(hp.get("min_lr_ratio", 0.0))
-        from blockexp.module import cosine_with_warmup
-
-        schedule = functools.partial(
-            cosine_with_warmup, total=total, warmup=warmup, min_ratio=min_ratio
-        )
-        self._restart_from_peak(optimizer)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        done = (epoch - first) * per_epoch  # > 0 only when resuming inside a task
-        self._install(trainer, scheduler, done, ("reset", task))
+        self._scheduler.on_epoch_start(trainer, pl_module, self._datamodule(trainer))
 
     # -------------------------------------------------------------------- evaluation
     def evaluate(
@@ -236,43 +160,26 @@ class TRACECallback(L.Callback):
         autocast = getattr(pl_module, "_autocast", None)
         scores: dict[str, float] = {}
         for i in dm.tasks_to_score(round_index):
-            task = self.tasks[i]
-            started = time.perf_counter()
-            records = dm.scored_records(task)
-            prompts = [r["prompt"] for r in records]
-            answers = [r["answer"] for r in records]
-            predictions = generate_answers(
-                model,
-                dm.tokenizer,
-                dm.encode_prompts(prompts),
-                dm.max_new_tokens(task),
-                batch_size=dm.eval_batch_size,
-                do_sample=dm.do_sample,
-                temperature=dm.temperature,
-                seed=dm.seed * 1_000_003 + round_index * len(self.tasks) + i,
-                autocast=autocast() if autocast is not None else None,
-                pad_token_id=dm.pad_token_id,
+            result = score_task(
+                model, dm, round_index, i, autocast() if autocast is not None else None
             )
-            metric = build_metric(self.metrics[task], dm.scoring)
-            per_sample = metric.scores(predictions, answers, prompts)
-            score = float(np.mean(per_sample)) if per_sample else 0.0
-            self.R[round_index, i] = score
-            scores[task] = score
+            self.R[round_index, i] = result.score
+            scores[result.task] = result.score
             if self.save_predictions and trainer.is_global_zero:
                 report.write_predictions(
                     self.out_dir / "predictions",
                     round_index,
                     i,
-                    task,
-                    records,
-                    predictions,
-                    per_sample,
-                    self.metrics[task],
+                    result.task,
+                    result.records,
+                    result.predictions,
+                    result.per_sample,
+                    result.metric,
                     dm.scoring,
                 )
             rank_zero_info(
-                f"  TRACE round {round_index + 1}: {task} {self.metrics[task]} {score:.3f} "
-                f"({len(records)} prompts, {time.perf_counter() - started:.1f}s)"
+                f"  TRACE round {round_index + 1}: {result.task} {result.metric} "
+                f"{result.score:.3f} ({len(result.records)} prompts, {result.seconds:.1f}s)"
             )
         return scores
 

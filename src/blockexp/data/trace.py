@@ -185,7 +185,7 @@ class TRACEDataModule(BlockexpDataModule):
                 f"TRACE root {root!r} is not a directory (resolved to {root_path.resolve()}). "
                 "Download the released TRACE data (see docs/trace.md) and point "
                 "data.init_args.root at the folder holding C-STANCE/, FOMC/, ...; or generate a "
-                "synthetic one with `python -m blockexp.data.trace_synthetic DIR`."
+                "synthetic one with `python scripts/make_trace_data.py DIR`."
             )
         try:
             protocol_spec: Protocol = get_protocol(protocol)
