@@ -1,4 +1,4 @@
-"""Loading base models, saving Hugging Face directories atomically, and the expansion manifest.
+"""Model files: loading a base model, writing outputs atomically, and the expansion manifest.
 
 A *model spec* is one of:
 
@@ -37,7 +37,6 @@ __all__ = [
     "describe_spec",
     "load_config",
     "load_model",
-    "read_manifest",
     "resolve_dtype",
     "save_pretrained_atomic",
 ]
@@ -273,12 +272,6 @@ def save_pretrained_atomic(
         if manifest is not None:
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return Path(out).expanduser().resolve()
-
-
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The blockexp manifest of an expanded checkpoint, or ``None`` if it has none."""
-    path = Path(directory) / MANIFEST_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def build_manifest(

@@ -16,6 +16,7 @@ Training commands follow LightningCLI conventions (``fit``, ``validate``, ``test
 from __future__ import annotations
 
 import json as _json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -183,14 +184,77 @@ def export(ckpt: str, out: str, tokenizer: str | None = None, overwrite: bool = 
     return result
 
 
+def expand_config_defaults(argv: list[str]) -> list[str]:
+    """Compose configs: every ``--config FILE`` whose YAML has a ``defaults:`` list (paths
+    relative to FILE) becomes ``--config`` of each default (recursively, in order) followed by
+    ``--config FILE``, so FILE holds only its delta over the pieces it names. The merged result
+    gets ``defaults: null`` (a saved config is complete and names no pieces).
+
+    Raises:
+        FileNotFoundError: a default that does not exist, naming the config that lists it.
+        ValueError: a cycle, or a ``defaults`` entry that is not a list of paths.
+    """
+    import yaml
+
+    def chain(path: Path, stack: tuple[Path, ...]) -> list[str]:
+        resolved = path.expanduser().resolve()
+        if resolved in stack:
+            cycle = " -> ".join(str(p) for p in (*stack, resolved))
+            raise ValueError(f"config defaults form a cycle: {cycle}")
+        try:
+            data = yaml.safe_load(resolved.read_text()) if resolved.is_file() else None
+        except yaml.YAMLError:
+            data = None  # not ours to report: the config parser names the problem
+        defaults = data.get("defaults") if isinstance(data, dict) else None
+        out: list[str] = []
+        if defaults is not None:
+            if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
+                raise ValueError(f"{path}: `defaults` must be a list of config file paths")
+            for entry in defaults:
+                piece = Path(os.path.normpath(resolved.parent / entry))
+                if not piece.is_file():
+                    raise FileNotFoundError(
+                        f"{path} lists the default config {entry!r}, which does not exist "
+                        f"(resolved to {piece})"
+                    )
+                out += chain(piece, (*stack, resolved))
+        return [*out, "--config", str(path)]
+
+    out: list[str] = []
+    composed = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        elif arg.startswith("--config="):
+            value, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        pieces = chain(Path(value), ())
+        composed = composed or len(pieces) > 2
+        out += pieces
+    if composed:
+        out += ["--defaults", "null"]
+    return out
+
+
 class BlockexpCLI(LightningCLI):
     """LightningCLI with blockexp defaults: gradient clipping 1.0, the tokenizer given once (in
     ``model``) and linked to the data module, validation before training, rich progress bar and
-    an end-of-fit summary table."""
+    an end-of-fit summary table. Config files compose through ``defaults:`` lists
+    (:func:`expand_config_defaults`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from .callbacks import ExpansionSummary
         from .module import BlockExpansionModule
+
+        if isinstance(kwargs.get("args"), list):
+            kwargs["args"] = expand_config_defaults(kwargs["args"])
+        elif kwargs.get("args") is None:  # the command line: LightningCLI reads sys.argv
+            sys.argv[1:] = expand_config_defaults(sys.argv[1:])
 
         kwargs.setdefault("model_class", BlockExpansionModule)
         kwargs.setdefault("subclass_mode_data", True)
@@ -203,6 +267,12 @@ class BlockexpCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         from .loading import resolve_tokenizer_spec
 
+        parser.add_argument(
+            "--defaults",
+            type=list[str] | None,
+            default=None,
+            help="config files this one builds on (paths relative to it), applied first",
+        )
         parser.set_defaults({"trainer.gradient_clip_val": 1.0})
         parser.link_arguments(
             ("model.tokenizer", "model.base"),
