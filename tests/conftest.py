@@ -22,23 +22,133 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 def tiny_llama_dict(num_layers: int = 4, **overrides) -> dict:
-    """An inline config of a tiny Llama matching the built-in byte tokenizer."""
-    config = {
-        "model_type": "llama",
-        "vocab_size": 259,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-        "bos_token_id": 257,
-        "eos_token_id": 258,
-        "pad_token_id": 256,
-        "tie_word_embeddings": False,
-    }
+    """The tiny Llama of ``configs/model/tiny_llama.yaml`` made smaller still for tests (hidden
+    32), matching the built-in byte tokenizer."""
+    import yaml
+
+    piece = yaml.safe_load((REPO / "configs" / "model" / "tiny_llama.yaml").read_text())
+    config = dict(piece["model"]["base"])
+    config.update(
+        hidden_size=32,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        num_hidden_layers=num_layers,
+    )
     config.update(overrides)
     return config
+
+
+# Tiny configs of every supported architecture; the sliding window (4) is shorter than the
+# generated sequences, so sliding attention and sliding KV-cache layers really are exercised.
+ARCH_CONFIGS = {
+    "llama": tiny_llama_dict(4),
+    "mistral": tiny_llama_dict(4, model_type="mistral", sliding_window=4),
+    "qwen2": tiny_llama_dict(
+        4, model_type="qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=2
+    ),
+}
+
+
+def make_arch_model(model_type: str, seed: int = 0):
+    """A tiny model of ``model_type`` (eval mode) whose every layer visibly matters."""
+    from blockexp.checkpoint import load_model
+
+    model = load_model(ARCH_CONFIGS[model_type], dtype="float32", seed=seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(5.0)  # make every layer matter (random init leaves them tiny)
+            elif p.ndim == 1 and not torch.all(p == 1):
+                p.normal_(0, 0.5)  # biases (Qwen2 q/k/v) are zero at init: make them count
+    return model.eval()
+
+
+@pytest.fixture(params=sorted(ARCH_CONFIGS))
+def model_type(request) -> str:
+    """Every supported architecture in turn."""
+    return request.param
+
+
+@pytest.fixture
+def arch_model():
+    """Factory: :func:`make_arch_model`."""
+    return make_arch_model
+
+
+class RandomBlocks(torch.utils.data.Dataset):
+    """16 random byte sequences as ``{"input_ids", "labels"}`` (labels = inputs)."""
+
+    def __init__(self, n: int = 16, seq_len: int = 16) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 256, (n, seq_len), generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i].clone()}
+
+
+def _make_trainer(tmp_path, steps: int, **kwargs):
+    import lightning as L
+
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        default_root_dir=tmp_path,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+def _make_module(**kwargs):
+    from blockexp.expanders import LlamaPro
+    from blockexp.module import BlockExpansionModule
+
+    return BlockExpansionModule(
+        base=tiny_llama_dict(4),
+        expander=LlamaPro(num_groups=2),
+        tokenizer="byte",
+        lr=1e-2,
+        **kwargs,
+    )
+
+
+def _fit_module(module, tmp_path, steps: int = 3, precision: str = "32-true", callbacks=None):
+    from torch.utils.data import DataLoader
+
+    trainer = _make_trainer(
+        tmp_path, steps, precision=precision, callbacks=callbacks, gradient_clip_val=None
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=4))
+    return trainer
+
+
+@pytest.fixture
+def make_trainer():
+    """Factory ``(tmp_path, steps, **trainer_kwargs)``: a quiet CPU trainer."""
+    return _make_trainer
+
+
+@pytest.fixture
+def make_module():
+    """Factory ``(**module_kwargs)``: LLaMA Pro (2 groups) on a tiny 4-layer Llama, lr 1e-2."""
+    return _make_module
+
+
+@pytest.fixture
+def fit_module():
+    """``(module, tmp_path, steps=3, precision="32-true", callbacks=None)``: fit on
+    :class:`RandomBlocks`; returns the trainer."""
+    return _fit_module
 
 
 @pytest.fixture

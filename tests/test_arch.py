@@ -12,34 +12,13 @@ from transformers import AutoModelForCausalLM
 from blockexp.checkpoint import load_model
 from blockexp.expanders import LlamaPro, SLayer
 from blockexp.layers import UnsupportedArchitectureError, get_arch, supported_model_types
-from tests.conftest import tiny_llama_dict
-
-# Tiny configs; the sliding window (4) is shorter than the generated sequences, so sliding
-# attention and sliding KV-cache layers really are exercised.
-ARCH_CONFIGS = {
-    "llama": tiny_llama_dict(4),
-    "mistral": tiny_llama_dict(4, model_type="mistral", sliding_window=4),
-    "qwen2": tiny_llama_dict(
-        4, model_type="qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=2
-    ),
-}
+from tests.conftest import ARCH_CONFIGS, make_arch_model, tiny_llama_dict
 
 EXPANDERS = {
     "LlamaPro": lambda: LlamaPro(num_groups=2),
     "SLayer-d0": lambda: SLayer(num_deleted=0),
     "SLayer-d0-copy": lambda: SLayer(num_deleted=0, init="copy", fraction=1.0, num_segments=2),
 }
-
-
-def make_model(model_type: str, seed: int = 0):
-    model = load_model(ARCH_CONFIGS[model_type], dtype="float32", seed=seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.mul_(5.0)  # make every layer matter (random init leaves them tiny)
-            elif p.ndim == 1 and not torch.all(p == 1):
-                p.normal_(0, 0.5)  # biases (Qwen2 q/k/v) are zero at init: make them count
-    return model.eval()
 
 
 def test_supported_model_types():
@@ -50,9 +29,8 @@ def test_supported_model_types():
 
 
 @pytest.mark.parametrize("expander_name", sorted(EXPANDERS))
-@pytest.mark.parametrize("model_type", sorted(ARCH_CONFIGS))
 def test_identity_and_cached_generation(model_type, expander_name):
-    base = make_model(model_type)
+    base = make_arch_model(model_type)
     model = copy.deepcopy(base)
     expander = EXPANDERS[expander_name]()
     assert expander.is_identity()
@@ -77,7 +55,7 @@ def test_identity_and_cached_generation(model_type, expander_name):
 
 
 def test_qwen2_per_layer_settings_follow_the_plan(tmp_path):
-    base = make_model("qwen2")
+    base = make_arch_model("qwen2")
     assert base.config.layer_types == ["full_attention"] * 2 + ["sliding_attention"] * 2
     model = copy.deepcopy(base)
     LlamaPro(num_groups=2).expand(model)  # new copies of layer 1 (full) and 3 (sliding)

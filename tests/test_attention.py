@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from blockexp import attention
 from blockexp.attention import select_attn_implementation
 from blockexp.checkpoint import load_model
 from blockexp.data.packing import packed_position_ids
@@ -93,3 +94,18 @@ def test_sdpa_is_the_cpu_default():
         load_model(tiny_llama_dict(2)).config, attn_implementation=select_attn_implementation(None)
     )
     assert model.config._attn_implementation in ("sdpa", "flash_attention_2")
+
+
+def test_attention_auto_selection(monkeypatch, make_module):
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
+    assert select_attn_implementation(None) == "sdpa"
+    assert select_attn_implementation("auto") == "sdpa"
+    assert select_attn_implementation("eager") == "eager"
+    with pytest.raises(ValueError, match="flash-attn"):
+        select_attn_implementation("flash_attention_2")
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: True)
+    assert select_attn_implementation(None) == "flash_attention_2"
+    module = make_module()
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
+    module.configure_model()
+    assert module.model.config._attn_implementation == "sdpa"

@@ -23,8 +23,7 @@ SCRIPT = textwrap.dedent(
     from blockexp.expanders import LlamaPro
     from blockexp.module import BlockExpansionModule
     sys.path.insert(0, {repo!r})
-    from tests.conftest import tiny_llama_dict
-    from tests.test_precision import RandomBlocks
+    from tests.conftest import RandomBlocks, tiny_llama_dict
 
     kind, policy, out = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)

@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from blockexp.loss import causal_lm_forward_loss, chunked_causal_lm_loss, loss_chunk_tokens
-from tests.test_arch import ARCH_CONFIGS, make_model
-from tests.test_precision import _fit, _module
 
 
 def _labels(ids: torch.Tensor) -> torch.Tensor:
@@ -19,10 +17,9 @@ def _labels(ids: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-@pytest.mark.parametrize("model_type", sorted(ARCH_CONFIGS))
 @pytest.mark.parametrize("chunk", [1, 7, None])
-def test_chunked_loss_matches_the_models_own_loss_and_gradients(model_type, chunk):
-    model = make_model(model_type).train()
+def test_chunked_loss_matches_the_models_own_loss_and_gradients(model_type, chunk, arch_model):
+    model = arch_model(model_type).train()
     ids = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(1))
     labels = _labels(ids)
     position_ids = torch.arange(19).repeat(2, 1)
@@ -42,8 +39,8 @@ def test_chunked_loss_matches_the_models_own_loss_and_gradients(model_type, chun
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_logits_exist_one_chunk_at_a_time():
-    model = make_model("llama").train()
+def test_logits_exist_one_chunk_at_a_time(arch_model):
+    model = arch_model("llama").train()
     ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
     rows: list[int] = []  # rows of every logits tensor lm_head produces (forward and recompute)
     model.lm_head.register_forward_hook(lambda m, a, out: rows.append(out[..., 0].numel()))
@@ -69,8 +66,8 @@ def test_logits_exist_one_chunk_at_a_time():
     assert not any(s[-1] == model.config.vocab_size for s in kept)
 
 
-def test_all_ignored_labels_give_zero_loss_and_zero_gradients():
-    model = make_model("llama").train()
+def test_all_ignored_labels_give_zero_loss_and_zero_gradients(arch_model):
+    model = arch_model("llama").train()
     ids = torch.randint(0, 256, (2, 8))
     labels = torch.full_like(ids, -100)
     loss, n_tokens = causal_lm_forward_loss(model, labels, input_ids=ids)
@@ -90,12 +87,12 @@ def test_shape_mismatch_and_chunk_size_rule():
 
 
 @pytest.mark.parametrize("policy", ["lean", "full"])
-def test_module_loss_is_the_same_with_and_without_chunking(policy):
+def test_module_loss_is_the_same_with_and_without_chunking(policy, make_module):
     batch = {"input_ids": torch.randint(0, 256, (2, 16)), "labels": None}
     batch["labels"] = _labels(batch["input_ids"])
     losses = []
     for chunked in (True, False):
-        module = _module(precision_policy=policy, chunked_loss=chunked)
+        module = make_module(precision_policy=policy, chunked_loss=chunked)
         module.configure_model()
         losses.append(module._loss(batch))
     # lean runs in bf16 autocast: the two paths round differently, within bf16 precision.
@@ -130,11 +127,11 @@ class _Probe(L.Callback):
     ],
 )
 def test_trainer_autocast_is_kept_and_gradients_are_freed_after_each_step(
-    tmp_path, policy, precision, dtype
+    tmp_path, policy, precision, dtype, make_module, fit_module
 ):
     probe = _Probe()
-    module = _module(precision_policy=policy, validate_before_fit=False)
-    _fit(module, tmp_path, precision=precision, callbacks=[probe])
+    module = make_module(precision_policy=policy, validate_before_fit=False)
+    fit_module(module, tmp_path, precision=precision, callbacks=[probe])
     # bf16-mixed with the full policy really computes in bf16 (the module's own autocast
     # context used to switch the trainer's off).
     assert probe.dtypes and set(probe.dtypes) == {dtype}

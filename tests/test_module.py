@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import lightning as L
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -15,34 +14,6 @@ from blockexp.data import CPTDataModule, DataSource
 from blockexp.expanders import LlamaPro
 from blockexp.module import BlockExpansionModule, cosine_with_warmup
 from tests.conftest import tiny_llama_dict
-
-
-def _trainer(tmp_path, steps: int, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-        default_root_dir=tmp_path,
-    )
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
-
-
-def _module(**kwargs) -> BlockExpansionModule:
-    return BlockExpansionModule(
-        base=tiny_llama_dict(4),
-        expander=LlamaPro(num_groups=2),
-        tokenizer="byte",
-        lr=1e-2,
-        **kwargs,
-    )
 
 
 def _data(corpus, tmp_path) -> CPTDataModule:
@@ -55,12 +26,14 @@ def _data(corpus, tmp_path) -> CPTDataModule:
     )
 
 
-def test_frozen_parameters_bit_identical_trainable_changed(corpus, tmp_path):
-    module = _module()
+def test_frozen_parameters_bit_identical_trainable_changed(
+    corpus, tmp_path, make_trainer, make_module
+):
+    module = make_module()
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     trainable = module.expansion.trainable
-    _trainer(tmp_path, steps=6).fit(module, datamodule=_data(corpus, tmp_path))
+    make_trainer(tmp_path, steps=6).fit(module, datamodule=_data(corpus, tmp_path))
     after = dict(module.model.named_parameters())
     assert trainable and len(trainable) < len(before)
     for name, old in before.items():
@@ -71,12 +44,12 @@ def test_frozen_parameters_bit_identical_trainable_changed(corpus, tmp_path):
             assert not after[name].requires_grad
 
 
-def test_optimizer_defaults_and_groups(corpus, tmp_path):
+def test_optimizer_defaults_and_groups(corpus, tmp_path, make_trainer):
     module = BlockExpansionModule(
         base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2), tokenizer="byte"
     )
     module.configure_model()
-    trainer = _trainer(tmp_path, steps=100)
+    trainer = make_trainer(tmp_path, steps=100)
     module.trainer = trainer
     conf = module.configure_optimizers()
     opt = conf["optimizer"]
@@ -103,9 +76,11 @@ def test_cosine_with_warmup_shape():
     assert not math.isnan(cosine_with_warmup(0, 1, 0))
 
 
-def test_export_matches_trained_module_and_protects_outputs(corpus, tmp_path):
-    module = _module(export_dir=str(tmp_path / "exported"))
-    _trainer(tmp_path, steps=3).fit(module, datamodule=_data(corpus, tmp_path))
+def test_export_matches_trained_module_and_protects_outputs(
+    corpus, tmp_path, make_trainer, make_module
+):
+    module = make_module(export_dir=str(tmp_path / "exported"))
+    make_trainer(tmp_path, steps=3).fit(module, datamodule=_data(corpus, tmp_path))
     out = tmp_path / "exported"
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     manifest = json.loads((out / MANIFEST_NAME).read_text())
@@ -132,11 +107,11 @@ def test_default_tokenizer_spec():
     assert resolve_tokenizer_spec("byte", "some/dir") == "byte"
 
 
-def test_tokenizer_larger_than_the_vocabulary_is_refused(corpus, tmp_path):
+def test_tokenizer_larger_than_the_vocabulary_is_refused(corpus, tmp_path, make_trainer):
     module = BlockExpansionModule(
         base=tiny_llama_dict(2, vocab_size=200, pad_token_id=0, bos_token_id=1, eos_token_id=2),
         expander=LlamaPro(num_groups=1),
         tokenizer="byte",
     )
     with pytest.raises(ValueError, match="tokenizer has 259 ids but the model's embedding has 200"):
-        _trainer(tmp_path, steps=1).fit(module, datamodule=_data(corpus, tmp_path))
+        make_trainer(tmp_path, steps=1).fit(module, datamodule=_data(corpus, tmp_path))

@@ -1,58 +1,27 @@
-"""Lean precision policy, gradient checkpointing behind a frozen prefix, attention selection."""
+"""Lean precision policy and gradient checkpointing behind a frozen prefix."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from blockexp import attention
-from blockexp.attention import select_attn_implementation
-from blockexp.module import BlockExpansionModule
 from blockexp.precision import (
     apply_precision_policy,
     check_trainer_precision,
     parameter_bytes,
 )
-from tests.test_module import _module, _trainer
+from tests.conftest import RandomBlocks
 
 
-class RandomBlocks(torch.utils.data.Dataset):
-    def __init__(self, n: int = 16, seq_len: int = 16) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(0, 256, (n, seq_len), generator=gen)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "labels": self.ids[i].clone()}
-
-
-def _fit(
-    module: BlockExpansionModule,
-    tmp_path,
-    steps: int = 3,
-    precision: str = "32-true",
-    callbacks: list[L.Callback] | None = None,
-):
-    trainer = _trainer(
-        tmp_path, steps, precision=precision, callbacks=callbacks, gradient_clip_val=None
-    )
-    trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=4))
-    return trainer
-
-
-def test_lean_policy_dtypes_and_training(tmp_path):
-    module = _module(precision_policy="lean")
+def test_lean_policy_dtypes_and_training(tmp_path, make_module, fit_module):
+    module = make_module(precision_policy="lean")
     module.configure_model()
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert trainable == set(module.expansion.trainable) and trainable
     for name, param in module.model.named_parameters():
         assert param.dtype == (torch.float32 if name in trainable else torch.bfloat16), name
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
-    trainer = _fit(module, tmp_path)
+    trainer = fit_module(module, tmp_path)
     optimizer = trainer.optimizers[0]
     state_params = list(optimizer.state)
     assert {id(p) for p in state_params} == {
@@ -67,16 +36,16 @@ def test_lean_policy_dtypes_and_training(tmp_path):
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
 
 
-def test_lean_halves_frozen_bytes():
-    full, lean = _module(), _module(precision_policy="lean")
+def test_lean_halves_frozen_bytes(make_module):
+    full, lean = make_module(), make_module(precision_policy="lean")
     full.configure_model()
     lean.configure_model()
     a, b = parameter_bytes(full.model), parameter_bytes(lean.model)
     assert b["frozen"] * 2 == a["frozen"] and b["trainable"] == a["trainable"]
 
 
-def test_lean_loss_close_to_full_precision():
-    full, lean = _module(), _module(precision_policy="lean")
+def test_lean_loss_close_to_full_precision(make_module):
+    full, lean = make_module(), make_module(precision_policy="lean")
     full.configure_model()
     lean.configure_model()
     batch = RandomBlocks(n=2)[0]
@@ -86,9 +55,9 @@ def test_lean_loss_close_to_full_precision():
     assert abs(loss_full.item() - loss_lean.item()) < 0.05 * loss_full.item()
 
 
-def test_lean_refuses_true_half_precision(tmp_path):
+def test_lean_refuses_true_half_precision(tmp_path, make_module, fit_module):
     with pytest.raises(ValueError, match="32-true"):
-        _fit(_module(precision_policy="lean"), tmp_path, steps=1, precision="bf16-true")
+        fit_module(make_module(precision_policy="lean"), tmp_path, steps=1, precision="bf16-true")
     check_trainer_precision("lean", "32-true")
     check_trainer_precision("lean", "bf16-mixed")
     check_trainer_precision("full", "bf16-true")
@@ -96,11 +65,11 @@ def test_lean_refuses_true_half_precision(tmp_path):
         apply_precision_policy(torch.nn.Linear(2, 2), "tiny")
 
 
-def test_gradient_checkpointing_behind_frozen_prefix():
+def test_gradient_checkpointing_behind_frozen_prefix(make_module):
     # LlamaPro(2) on 4 layers: layers 0, 1 frozen below the first trainable block (index 2).
     grads = {}
     for ckpt in (False, True):
-        module = _module(gradient_checkpointing=ckpt)
+        module = make_module(gradient_checkpointing=ckpt)
         module.configure_model()
         module.model.train()
         flag = getattr(module.model, "is_activation_checkpointing", None)
@@ -122,27 +91,12 @@ def test_gradient_checkpointing_behind_frozen_prefix():
         torch.testing.assert_close(grads[True][name], g, rtol=1e-4, atol=1e-6)
 
 
-def test_attention_auto_selection(monkeypatch):
-    monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
-    assert select_attn_implementation(None) == "sdpa"
-    assert select_attn_implementation("auto") == "sdpa"
-    assert select_attn_implementation("eager") == "eager"
-    with pytest.raises(ValueError, match="flash-attn"):
-        select_attn_implementation("flash_attention_2")
-    monkeypatch.setattr(attention, "flash_attn_available", lambda: True)
-    assert select_attn_implementation(None) == "flash_attention_2"
-    module = _module()
-    monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
-    module.configure_model()
-    assert module.model.config._attn_implementation == "sdpa"
-
-
-def test_lean_export_is_one_dtype_and_reloads(tmp_path):
+def test_lean_export_is_one_dtype_and_reloads(tmp_path, make_module, fit_module):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    module = _module(precision_policy="lean")
-    _fit(module, tmp_path)
+    module = make_module(precision_policy="lean")
+    fit_module(module, tmp_path)
     out = module.export(tmp_path / "exported")
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}

@@ -108,7 +108,7 @@ class TRACECallback(L.Callback):
         if stage != "fit":
             return
         dm = self._datamodule(trainer)
-        if trainer.max_steps not in (-1, None):
+        if trainer.max_steps not in (-1, None) and not trainer.fast_dev_run:
             raise ValueError(
                 f"trainer.max_steps={trainer.max_steps} would cut the TRACE task sequence short; "
                 "remove it (the length is set by data.init_args.epochs per task)"
@@ -119,7 +119,8 @@ class TRACECallback(L.Callback):
                 f"BlockExpansionModule); got {type(pl_module).__name__}"
             )
         trainer.reload_dataloaders_every_n_epochs = 1
-        trainer.fit_loop.max_epochs = dm.total_epochs
+        if not trainer.fast_dev_run:  # a smoke run keeps its single step
+            trainer.fit_loop.max_epochs = dm.total_epochs
         self.tasks = list(dm.tasks)
         self.metrics = dict(dm.task_metrics)
         n = len(self.tasks)

@@ -1,0 +1,78 @@
+"""Every kind of strategy through Lightning training, the training checkpoint and
+``blockexp export``: the exported model gives the trained model's logits."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from transformers import AutoModelForCausalLM
+
+from blockexp.cli import main
+from blockexp.data import CPTDataModule, DataSource
+from blockexp.expanders import get_expander
+from blockexp.expanders.moe import load_moe_model
+from blockexp.module import BlockExpansionModule
+from tests.conftest import tiny_llama_dict
+
+
+def _ids(seed: int = 0, batch: int = 2, length: int = 10) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _reload(name: str, directory):
+    if name == "MoEExpansion":
+        return load_moe_model(directory)
+    return AutoModelForCausalLM.from_pretrained(directory).eval()
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("LoRA", {"r": 4, "alpha": 8, "dropout": 0.1}),
+        ("MoEExpansion", {"num_experts": 1}),
+        ("PrefixStack", {"num_blocks": 1}),
+        ("FullFineTune", {}),
+    ],
+)
+def test_fit_checkpoint_and_export_command(name, kwargs, corpus, tmp_path):
+    module = BlockExpansionModule(
+        base=tiny_llama_dict(2),
+        expander=get_expander(name)(**kwargs),
+        tokenizer="byte",
+        lr=1e-2,
+        export_dir=str(tmp_path / "exported"),
+    )
+    data = CPTDataModule(
+        sources=[DataSource(name="c", path=str(corpus))],
+        tokenizer="byte",
+        seq_len=32,
+        batch_size=4,
+        cache_dir=str(tmp_path / "hf_cache"),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=data)
+    main(["export", "--ckpt", str(tmp_path / "ckpt" / "last.ckpt"), "--out", str(tmp_path / "cli")])
+    module.model.eval()
+    ids = _ids(5)
+    with torch.no_grad():
+        want = module.model(input_ids=ids).logits
+        for directory in ("exported", "cli"):
+            got = _reload(name, tmp_path / directory)(input_ids=ids).logits
+            assert (got - want).abs().max() <= 1e-5, directory
+    manifest = json.loads((tmp_path / "cli" / "blockexp_manifest.json").read_text())
+    assert manifest["expander"]["class_path"].endswith(name)
+    assert manifest["trainable_params"] == module.expansion.parameter_counts()[1]
