@@ -1,3 +1,5 @@
+"""``python -m blockexp``: runs the command line (:mod:`blockexp.cli`)."""
+
 from .cli import main
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
-"""Command wiring: ``python -m blockexp <command>`` (the work is done in the modules each command
-calls).
+"""Command wiring for ``python -m blockexp <command>``; the work happens in the modules called.
 
 Training commands follow LightningCLI conventions (``fit``, ``validate``, ``test``, with
 ``--config file.yaml`` and dotted overrides). Offline commands:

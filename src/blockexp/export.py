@@ -1,5 +1,4 @@
-"""Writing models out: a training checkpoint rebuilt and exported as a Hugging Face directory, and
-the in-memory path of ``blockexp expand`` (load, expand, save)."""
+"""Writing models out: checkpoint export to Hugging Face, and in-memory ``blockexp expand``."""
 
 from __future__ import annotations
 

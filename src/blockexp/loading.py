@@ -1,5 +1,4 @@
-"""Building the training model: base + expander + precision policy, the tokenizer that goes with
-it, and fingerprints that tie a trainable-only checkpoint to its frozen base weights."""
+"""Building the training model (base, expander, precision policy) and its frozen-weight checks."""
 
 from __future__ import annotations
 

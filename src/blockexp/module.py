@@ -1,5 +1,8 @@
-"""The LightningModule that trains an expanded model (what to load comes from
-:mod:`blockexp.loading`, how to write it out from :mod:`blockexp.checkpoint`)."""
+"""The LightningModule that trains an expanded model.
+
+What to load comes from :mod:`blockexp.loading`; how to write it out from
+:mod:`blockexp.checkpoint`.
+"""
 
 from __future__ import annotations
 

@@ -51,15 +51,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from .checkpoint import MANIFEST_NAME, atomic_output_dir, manifest_dict
-from .layers import Plan, get_arch, trainable_parameter_names
+from .layers import Plan, TrainOptions, get_arch, trainable_parameter_names
 
-if TYPE_CHECKING:
-    from .expanders import Expander
+
+class Expander(Protocol):
+    """What streaming needs of a strategy (:class:`blockexp.expanders.Expander` provides it);
+    structural, so that this module depends on the layer wing only."""
+
+    streamable: bool
+    train_options: TrainOptions
+
+    def plan(self, num_layers: int) -> Plan | None: ...
+
+    def describe(self, num_layers: int) -> dict[str, Any]: ...
+
+    def config(self) -> dict[str, Any]: ...
+
 
 __all__ = [
     "SafetensorsEntry",

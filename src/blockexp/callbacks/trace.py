@@ -1,6 +1,7 @@
-"""The TRACE callback: orchestrates a TRACE run (schedule, evaluation and reports live in
-:mod:`blockexp.continual`) and records the score matrix R with OP and BWT (LLaMA Pro, Sec. 4.4,
-eqs. 6-7).
+"""The TRACE callback: orchestrates a TRACE run and records the score matrix R, OP and BWT.
+
+Schedule, evaluation and reports live in :mod:`blockexp.continual`; OP and BWT are LLaMA Pro's
+eqs. 6-7 (Sec. 4.4).
 
 Used with :class:`blockexp.data.TRACEDataModule` in a single ``trainer.fit``. At set-up it sets
 ``trainer.reload_dataloaders_every_n_epochs = 1`` (the data module serves the task of the

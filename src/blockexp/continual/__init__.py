@@ -1,5 +1,4 @@
-"""Continual learning on TRACE: protocols, generation and reports (the callback in
-:mod:`blockexp.callbacks.trace` only orchestrates them)."""
+"""Continual learning on TRACE: protocols, schedules, generation, evaluation and reports."""
 
 from .protocol import PROTOCOLS, TRACE_EPOCHS, Protocol, constant_with_warmup, get_protocol
 

@@ -1,5 +1,4 @@
-"""Scoring one TRACE round: generate the answers of each task to score and score them with the
-task's metric under the run's scoring rule."""
+"""Scoring one TRACE task after one round: generate its answers and score them."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What a TRACE run writes: the score matrix R with OP/BWT, a summary table, a heatmap, and every
-round's predictions (JSON Lines and TRACE's own result files).
+"""What a TRACE run writes: R with OP/BWT, a summary, a heatmap and every round's predictions.
 
 Layout under the output directory (each file written atomically)::
 

@@ -1,5 +1,4 @@
-"""Applying a TRACE protocol to the optimizer: one constant schedule for the whole sequence
-(``trace``), or a fresh optimizer and warmup + cosine schedule per task (``reset``)."""
+"""Applying a TRACE protocol's learning-rate schedule (and optimizer resets) to the trainer."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Training data: DataModules for continual pre-training (:class:`CPTDataModule`), supervised
-fine-tuning (:class:`SFTDataModule`) and the TRACE benchmark (:class:`TRACEDataModule`) on one base
-(:class:`~blockexp.data.base.BlockexpDataModule`). Imported on first use, so that light modules
-(``blockexp.data.collate``, ``blockexp.data.packing``) load without Lightning or datasets."""
+"""Training data: the CPT, SFT and TRACE DataModules on one base, imported on first use.
+
+Light modules (``blockexp.data.collate``, ``blockexp.data.packing``) load without Lightning or
+datasets.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What every blockexp DataModule shares: the tokenizer, argument checks, and the loaders (one
-resumable training loader, validation in order).
+"""What every blockexp DataModule shares: tokenizer, argument checks and loaders.
 
 A new dataset subclasses :class:`BlockexpDataModule`, builds its datasets in ``setup`` and
 returns :meth:`~BlockexpDataModule.train_loader` / :meth:`~BlockexpDataModule.eval_loader` from

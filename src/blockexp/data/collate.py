@@ -1,5 +1,8 @@
-"""Batching variable-length examples: padding ``input_ids``, ``attention_mask`` and ``labels``, and
-the one label value that carries no loss (:data:`IGNORE_INDEX`)."""
+"""Padding variable-length examples into batches, and the one ignored label value.
+
+Batching variable-length examples: padding ``input_ids``, ``attention_mask`` and ``labels``, and
+the one label value that carries no loss (:data:`IGNORE_INDEX`).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Packed training rows: position ids that restart per document, and flattening a packed batch to
-one row for variable-length flash attention."""
+"""Packed rows: per-document position ids, and flattening a batch for varlen flash attention.
+
+Packed training rows: position ids that restart per document, and flattening a packed batch to
+one row for variable-length flash attention.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Deprecated: moved to ``scripts/make_quickstart_data.py`` (``python scripts/make_quickstart_data.py``); this path works for one more
-release."""
+"""Deprecated: moved to ``scripts/make_quickstart_data.py`` (works for one more release)."""
 
 import warnings
 

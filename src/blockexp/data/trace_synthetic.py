@@ -1,5 +1,4 @@
-"""Deprecated: moved to ``scripts/make_trace_data.py`` (``python scripts/make_trace_data.py``); this path works for one more
-release."""
+"""Deprecated: moved to ``scripts/make_trace_data.py`` (works for one more release)."""
 
 import warnings
 

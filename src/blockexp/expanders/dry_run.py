@@ -1,5 +1,4 @@
-"""Planning an expansion from a config alone: the layer map and parameter counts, with the model
-built on the meta device (no weights are read)."""
+"""Planning an expansion from a config alone: layer map and parameter counts, no weights read."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Decoder-layer structure and surgery: per-architecture layout (:mod:`.arch`), the expansion plan
-(:mod:`.plan`), in-memory surgery (:mod:`.surgery`) and trainable-name selection
-(:mod:`.selection`). Nothing here depends on the expanders."""
+"""Decoder-layer structure and surgery, below the expanders (which build on it).
+
+Per-architecture layout (:mod:`.arch`), the expansion plan (:mod:`.plan`), in-memory surgery
+(:mod:`.surgery`) and trainable-name selection (:mod:`.selection`).
+"""
 
 from .arch import (
     ArchSpec,

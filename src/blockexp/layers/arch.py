@@ -1,5 +1,4 @@
-"""Per-architecture structure: where the decoder layers live, which projections write into the
-residual stream, and which config fields describe individual layers.
+"""Per-architecture structure: decoder layers, residual writers and per-layer config fields.
 
 Layers are found by *structure*: each supported ``model_type`` names the attribute path of its
 decoder-layer ``ModuleList`` and, inside one decoder layer, the attribute paths of the two linear

@@ -1,5 +1,4 @@
-"""Which parameters train: the trainable layers of a plan and the ``train_*`` options turned into
-parameter names, for in-memory models and on-disk checkpoints alike."""
+"""Which parameters train: plan layers and ``train_*`` options turned into parameter names."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Block surgery: apply a :class:`~blockexp.layers.plan.Plan` to a loaded ``transformers`` model in
-memory (copy, average, zero and renumber decoder layers)."""
+"""Block surgery: apply a plan to a loaded model in memory (copy, average, zero, renumber)."""
 
 from __future__ import annotations
 

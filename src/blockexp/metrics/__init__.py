@@ -1,5 +1,4 @@
-"""Metrics: TRACE task metrics (TRACE's own definitions by default) and continual-learning
-scores (OP, BWT)."""
+"""Metrics: TRACE task metrics (TRACE's own by default) and continual scores (OP, BWT)."""
 
 from . import trace
 from .continual import as_score_matrix, backward_transfer, overall_performance

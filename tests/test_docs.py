@@ -1,0 +1,139 @@
+"""The walk-throughs of docs/strategies.md and docs/data.md run as written."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _walkthrough(doc: str, name: str) -> str:
+    """The python code block of ``doc`` that starts with ``# walkthrough: <name>``."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / doc).read_text(), re.S)
+    found = [b for b in blocks if b.startswith(f"# walkthrough: {name}\n")]
+    assert len(found) == 1, f"{doc} must hold one '# walkthrough: {name}' block"
+    return found[0]
+
+
+@pytest.fixture
+def middle_stack():
+    """The strategy of docs/strategies.md, registered for the test and removed afterwards."""
+    import sys
+    import types
+
+    from blockexp.expanders import base
+
+    # As the walk-through says: a new module of blockexp/expanders/ (here made in memory).
+    name = "blockexp.expanders.middle_stack"
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(_walkthrough("strategies.md", "strategies"), name, "exec"), module.__dict__)
+    try:
+        yield module.MiddleStack
+    finally:
+        base._REGISTRY.pop("MiddleStack", None)
+        sys.modules.pop(name, None)
+
+
+def test_strategy_walkthrough(middle_stack, tiny_llama, tmp_path):
+    from blockexp.cli import main
+    from blockexp.expanders import Expander, ExpanderConfigError, get_expander, register_expander
+
+    assert get_expander("MiddleStack") is middle_stack  # registered by name
+    expander = middle_stack(num_blocks=2)
+    plan = expander.plan(4)
+    assert [s.describe() for s in plan.layers] == [
+        "base(0)",
+        "base(1)",
+        "copy(1)+zero",
+        "copy(1)+zero",
+        "base(2)",
+        "base(3)",
+    ]
+    # Identity at initialisation, as it declares.
+    base = tiny_llama(4)
+    model = tiny_llama(4)
+    expansion = expander.expand(model)
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(ids).logits - base(ids).logits).abs().max() <= 1e-5
+    assert {n.split(".")[2] for n in expansion.trainable} == {"2", "3"}
+    # `plan` from a config alone and `expand` (streamed) work with it by name.
+    base.save_pretrained(tmp_path / "base", safe_serialization=True)
+    main(
+        [
+            "expand",
+            "--base",
+            str(tmp_path / "base"),
+            "--out",
+            str(tmp_path / "out"),
+            "--expander",
+            "MiddleStack",
+            "--expander.num_blocks",
+            "2",
+        ]
+    )
+    manifest = json.loads((tmp_path / "out" / "blockexp_manifest.json").read_text())
+    assert manifest["streamed"] is True and manifest["num_layers"] == 6
+    # A declaration that contradicts the code is refused at registration.
+    with pytest.raises(ExpanderConfigError, match="overrides expand"):
+
+        @register_expander
+        class Liar(Expander):
+            streamable = True
+
+            def plan(self, num_layers):
+                return None
+
+            def expand(self, model):
+                return super().expand(model)
+
+
+def test_data_walkthrough(tmp_path):
+    from blockexp.data.collate import IGNORE_INDEX
+    from blockexp.data.loader import ResumableDataLoader
+    from blockexp.data.records import DataError
+    from blockexp.expanders import LlamaPro
+    from blockexp.module import BlockExpansionModule
+    from tests.conftest import tiny_llama_dict
+
+    namespace: dict = {}
+    exec(_walkthrough("data.md", "data"), namespace)
+    QADataModule = namespace["QADataModule"]
+    path = tmp_path / "qa.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"question": f"{i}+1=", "answer": str(i + 1)}) for i in range(16))
+        + "\n"
+    )
+    dm = QADataModule(str(path), max_length=32, batch_size=4)
+    dm.setup()
+    example = dm.train_dataset[3]
+    trained = [
+        t
+        for t, lab in zip(example["input_ids"].tolist(), example["labels"].tolist(), strict=True)
+        if lab != IGNORE_INDEX
+    ]
+    assert dm.tokenizer.decode(trained) == "4</s>"  # the answer and eos, nothing else
+    assert isinstance(dm.train_dataloader(), ResumableDataLoader)
+    module = BlockExpansionModule(
+        base=tiny_llama_dict(2), expander=LlamaPro(num_groups=1), validate_before_fit=False
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 2
+    path.write_text('{"question": "a"}\n')
+    with pytest.raises(DataError, match=r"qa\.jsonl:1: expected 'question' and 'answer'"):
+        QADataModule(str(path)).setup()
