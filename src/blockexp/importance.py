@@ -32,8 +32,6 @@ import csv
 import io
 import json
 import math
-import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .checkpoint import atomic_write
 
 __all__ = [
     "MultipleChoiceItem",
@@ -352,15 +352,6 @@ def evaluate(
 
 
 # -- outputs ----------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}"
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def plot_importance(rows: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
     """Draw the three panels of SLayer's Figure 2 into a PNG (written atomically).
 
@@ -401,7 +392,7 @@ def plot_importance(rows: list[dict[str, float]], path: str | Path, title: str =
         fig.suptitle(title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return path
 
 
@@ -411,7 +402,7 @@ def _write_csv(rows: list[dict[str, float]], path: Path) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_write_bytes(path, buffer.getvalue().encode())
+    atomic_write(path, buffer.getvalue().encode())
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -528,9 +519,7 @@ def importance(
         "baseline": baseline,
         "columns": list(rows[0]),
     }
-    _atomic_write_bytes(
-        out_dir / "importance.json", (json.dumps(summary, indent=2) + "\n").encode()
-    )
+    atomic_write(out_dir / "importance.json", (json.dumps(summary, indent=2) + "\n").encode())
     base_text = ", ".join(f"{k} {v:.4f}" for k, v in baseline.items())
     console.print(f"Baseline: {base_text}. Wrote {csv_path}, importance.png, importance.json")
     return csv_path

@@ -7,7 +7,6 @@ What to load comes from :mod:`blockexp.loading`; how to write it out from
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from ._compat import moved
 from .attention import uses_flash_attention
 from .checkpoint import build_manifest, describe_spec, save_pretrained_atomic
 from .expanders import Expander, build_expander
+from .schedules import cosine_with_warmup
 
 __all__ = ["BlockExpansionModule", "cosine_with_warmup"]
 
@@ -35,14 +35,6 @@ __getattr__ = moved(
         )
     },
 )
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class BlockExpansionModule(L.LightningModule):

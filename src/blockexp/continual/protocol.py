@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from blockexp.schedules import constant_with_warmup
+
 __all__ = ["PROTOCOLS", "TRACE_EPOCHS", "Protocol", "constant_with_warmup", "get_protocol"]
 
 #: TRACE's epochs per task (``--num_train_epochs 5,3,7,5,3,5,5,7`` over its default order).
@@ -70,11 +72,3 @@ def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {name!r}")
     return PROTOCOLS[name]
-
-
-def constant_with_warmup(step: int, warmup_steps: int) -> float:
-    """LR multiplier of ``transformers.get_constant_schedule_with_warmup``: ``step / warmup``
-    during warmup (so 0 at the very first step), then 1."""
-    if step < warmup_steps:
-        return float(step) / float(max(1, warmup_steps))
-    return 1.0

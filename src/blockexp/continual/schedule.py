@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 
-from .protocol import constant_with_warmup
+from blockexp.schedules import constant_with_warmup, cosine_with_warmup
 
 __all__ = ["ProtocolScheduler"]
 
@@ -99,8 +99,6 @@ class ProtocolScheduler:
         total = max(1, per_epoch * dm.epochs[task])
         warmup = int(round(float(hp.get("warmup_ratio", 0.0)) * total))
         min_ratio = float(hp.get("min_lr_ratio", 0.0))
-        from blockexp.module import cosine_with_warmup
-
         schedule = functools.partial(
             cosine_with_warmup, total=total, warmup=warmup, min_ratio=min_ratio
         )
