@@ -19,8 +19,8 @@ import torch
 from transformers import LlamaConfig
 from transformers.initialization import no_init_weights
 
-from blockexp.expanders import LlamaPro
 from blockexp.attention import select_attn_implementation
+from blockexp.expanders import LlamaPro
 from blockexp.precision import apply_precision_policy
 
 
