@@ -29,9 +29,13 @@ if TYPE_CHECKING:  # the modelling stack is imported only where a model is built
 __all__ = [
     "MANIFEST_NAME",
     "ModelSpec",
+    "ModelLoadError",
     "OutputExistsError",
     "atomic_output_dir",
     "atomic_write",
+    "check_output_dir",
+    "clean_stale_outputs",
+    "is_blockexp_output",
     "build_manifest",
     "manifest_dict",
     "describe_spec",
@@ -48,6 +52,10 @@ ModelSpec = str | dict[str, Any]
 
 class OutputExistsError(FileExistsError):
     """Refusing to write an output directory."""
+
+
+class ModelLoadError(OSError):
+    """A model directory or hub id that cannot be loaded (the message names it)."""
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
@@ -145,9 +153,22 @@ def load_model(
     path = _check_local(spec)
     if path is not None and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face model directory?")
-    return AutoModelForCausalLM.from_pretrained(
-        str(path or spec), dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs
-    )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path or spec), dtype=torch_dtype, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except Exception as err:  # name the model: library errors often do not
+        from safetensors import SafetensorError
+
+        if isinstance(err, SafetensorError | EOFError) or (
+            isinstance(err, OSError | ValueError) and str(path or spec) not in str(err)
+        ):
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelLoadError(
+                f"cannot load the model {path or spec}: {reason} (a truncated or corrupted "
+                "weights file, or not a model this transformers release can build?)"
+            ) from err
+        raise
 
 
 def _is_within(child: Path, parent: Path) -> bool:
@@ -158,34 +179,118 @@ def _is_within(child: Path, parent: Path) -> bool:
         return False
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_outputs(out: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left beside ``out``: ``.<name>.tmp-<pid>-*`` directories of
+    processes that no longer run, and ``.<name>.old-<pid>-*`` ones (a previous output moved aside
+    just before the rename), which are put back when ``out`` itself is missing.
+
+    Returns:
+        The paths removed or restored.
+    """
+    out = Path(out).expanduser().resolve()
+    if not out.parent.is_dir():
+        return []
+    done = []
+    for kind in ("old", "tmp"):  # restore first, then drop half-written copies
+        for path in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+            pid = path.name[len(f".{out.name}.{kind}-") :].split("-")[0]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(path, out)
+            elif path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            done.append(path)
+    return done
+
+
+def is_blockexp_output(path: str | os.PathLike) -> bool:
+    """Whether a directory was written by blockexp (``expand``, ``export`` or a fit export)."""
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+def check_output_dir(
+    out: str | os.PathLike,
+    protect: list[str | os.PathLike] = (),
+    keep_away: list[str | os.PathLike] = (),
+    overwrite: bool = False,
+    overwrite_hint: str = "pass --overwrite true",
+) -> Path:
+    """Check that ``out`` may be written, before any work is done (see
+    :class:`atomic_output_dir` for the rules).
+
+    Returns:
+        ``out``, resolved.
+
+    Raises:
+        OutputExistsError: naming the conflict and the fix.
+    """
+    out = Path(out).expanduser().resolve()
+    for p in protect:
+        pp = Path(p).expanduser().resolve()
+        if _is_within(out, pp) or _is_within(pp, out):
+            raise OutputExistsError(
+                f"Refusing to write to {out}: it overlaps the base checkpoint {pp}. "
+                "Choose an output directory outside the base model directory."
+            )
+    for p in keep_away:
+        pp = Path(p).expanduser().resolve()
+        if _is_within(pp, out):
+            raise OutputExistsError(
+                f"Refusing to write to {out}: it holds {pp} (this run's outputs or checkpoints), "
+                "which replacing it would delete. Choose a directory of its own, e.g. "
+                f"{pp / 'model'}."
+            )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise OutputExistsError(
+                f"Output {out} already exists and is not empty. Choose a new directory or "
+                f"{overwrite_hint}."
+            )
+        if not out.is_dir() or not is_blockexp_output(out):
+            raise OutputExistsError(
+                f"Output {out} is not empty and is not an earlier blockexp output (it has no "
+                f"{MANIFEST_NAME}), so it is not replaced even with overwrite. Choose another "
+                "directory, or empty it yourself."
+            )
+    return out
+
+
 class atomic_output_dir:
     """Context manager: write into a temporary sibling, rename into place on success.
 
-    A crash leaves only a ``.<name>.tmp-*`` directory, never a half-written ``out``. Refuses to
-    write into (or over) any directory in ``protect`` (e.g. the base checkpoint) and over an
-    existing non-empty ``out`` unless ``overwrite``.
+    A crash leaves only a ``.<name>.tmp-<pid>-*`` directory, never a half-written ``out``, and
+    the next run on ``out`` removes what dead processes left (:func:`clean_stale_outputs`).
+    Refuses to write into (or over) any directory in ``protect`` (e.g. the base checkpoint),
+    to write over a directory in ``keep_away`` or one containing it (a run or checkpoint
+    directory), over an existing non-empty ``out`` unless ``overwrite``, and even then over
+    anything but an earlier blockexp output (which has a manifest).
     """
 
     def __init__(
-        self, out: str | os.PathLike, protect: list[str | os.PathLike] = (), overwrite: bool = False
+        self,
+        out: str | os.PathLike,
+        protect: list[str | os.PathLike] = (),
+        overwrite: bool = False,
+        keep_away: list[str | os.PathLike] = (),
+        overwrite_hint: str = "pass --overwrite true",
     ):
-        self.out = Path(out).expanduser().resolve()
-        for p in protect:
-            pp = Path(p).expanduser().resolve()
-            if _is_within(self.out, pp) or _is_within(pp, self.out):
-                raise OutputExistsError(
-                    f"Refusing to write to {self.out}: it overlaps the base checkpoint {pp}. "
-                    "Choose an output directory outside the base model directory."
-                )
-        if (
-            self.out.exists()
-            and (not self.out.is_dir() or any(self.out.iterdir()))
-            and not overwrite
-        ):
-            raise OutputExistsError(
-                f"Output {self.out} already exists and is not empty. Choose a new directory or "
-                "pass --overwrite true."
-            )
+        clean_stale_outputs(out)
+        self.out = check_output_dir(out, protect, keep_away, overwrite, overwrite_hint)
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{time.time_ns()}"
 
     def __enter__(self) -> Path:
@@ -234,8 +339,11 @@ def save_pretrained_atomic(
     max_shard_size: str | int = "5GB",
     dtype: torch.dtype | None = None,
     weights_format: str = "safetensors",
+    keep_away: list[str | os.PathLike] = (),
+    overwrite_hint: str = "pass --overwrite true",
 ) -> Path:
-    """Save ``model``, its config, ``tokenizer`` and the manifest, atomically.
+    """Save ``model``, its config, ``tokenizer`` and the manifest, atomically (the rules of
+    :class:`atomic_output_dir`).
 
     ``dtype`` stores every floating-point tensor in that dtype (one tensor at a time; tensors
     already in it are not copied), e.g. bf16 for a model trained with frozen bf16 weights and fp32
@@ -247,7 +355,7 @@ def save_pretrained_atomic(
     """
     if weights_format not in WEIGHTS_FORMATS:
         raise ValueError(f"weights_format must be one of {WEIGHTS_FORMATS}, got {weights_format!r}")
-    with atomic_output_dir(out, protect=protect, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out, protect, overwrite, keep_away, overwrite_hint) as tmp:
         kwargs: dict[str, Any] = {}
         if dtype is not None:
             kwargs["state_dict"] = {

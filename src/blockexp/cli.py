@@ -167,18 +167,29 @@ def expand(
     return Path(out)
 
 
-def export(ckpt: str, out: str, tokenizer: str | None = None, overwrite: bool = False) -> Path:
+def export(
+    ckpt: str,
+    out: str,
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+    base: str | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
     """Export a Lightning training checkpoint as a Hugging Face directory.
 
     Args:
         ckpt: a ``.ckpt`` file written by ``blockexp fit``.
         out: output directory.
         tokenizer: tokenizer spec to save beside the model (default: the one used in training).
-        overwrite: replace an existing output directory.
+        overwrite: replace an existing output directory (only an earlier blockexp output).
+        base: the base model, when it is not where the checkpoint says it was (its frozen
+            weights are checked against the checkpoint).
+        trust_remote_code: allow the base's custom modelling code (never taken from the
+            checkpoint).
     """
     from .export import export_checkpoint
 
-    result = export_checkpoint(ckpt, out, tokenizer, overwrite)
+    result = export_checkpoint(ckpt, out, tokenizer, overwrite, base, trust_remote_code)
     _console().print(f"Exported {ckpt} to {result}")
     return result
 
@@ -202,8 +213,13 @@ def expand_config_defaults(argv: list[str]) -> list[str]:
             raise ValueError(f"config defaults form a cycle: {cycle}")
         try:
             data = yaml.safe_load(resolved.read_text()) if resolved.is_file() else None
-        except yaml.YAMLError:
-            data = None  # not ours to report: the config parser names the problem
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{where}: invalid YAML: {problem}") from err
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
         defaults = data.get("defaults") if isinstance(data, dict) else None
         out: list[str] = []
         if defaults is not None:
@@ -257,11 +273,59 @@ class BlockexpCLI(LightningCLI):
 
         kwargs.setdefault("model_class", BlockExpansionModule)
         kwargs.setdefault("subclass_mode_data", True)
+        from .checkpoint_io import AtomicCheckpointIO
+
         kwargs.setdefault(
-            "trainer_defaults", {"callbacks": [RichProgressBar(), ExpansionSummary()]}
+            "trainer_defaults",
+            {
+                "callbacks": [RichProgressBar(), ExpansionSummary()],
+                "plugins": [AtomicCheckpointIO()],
+            },
         )
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(*args, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Resume from ``--ckpt_path`` without taking settings from the checkpoint.
+
+        LightningCLI would merge the checkpoint's hyper-parameters over the user's config, so a
+        checkpoint could switch on ``trust_remote_code`` or point ``base`` elsewhere. Here the
+        config alone decides; the file is checked to be a readable checkpoint (a clear error
+        otherwise), and its frozen weights are verified against the configured base when training
+        resumes.
+        """
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path:
+            return
+        from .export import load_checkpoint_file
+
+        stored = load_checkpoint_file(ckpt_path).get("hyper_parameters", {}).get("base")
+        configured = self.config[self.config.subcommand].get("model", {}).get("base")
+        if stored is not None and stored != configured:
+            from .checkpoint import describe_spec
+
+            print(
+                f"Note: {ckpt_path} was trained on base {describe_spec(stored)!r}; resuming with "
+                f"the configured base {describe_spec(configured)!r} (its frozen weights are "
+                "checked against the checkpoint).",
+                file=sys.stderr,
+            )
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        # The rich progress bar is a default: leave it out when the user turns the bar off or
+        # brings another one.
+        from lightning.pytorch.callbacks import ProgressBar
+
+        own = [c for c in (config.get("callbacks") or []) if isinstance(c, ProgressBar)]
+        if config.get("enable_progress_bar") is False or own:
+            defaults = self.trainer_defaults.get("callbacks", [])
+            self.trainer_defaults = {
+                **self.trainer_defaults,
+                "callbacks": [c for c in defaults if not isinstance(c, RichProgressBar)],
+            }
+        return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser) -> None:
         from .loading import resolve_tokenizer_spec
@@ -281,6 +345,8 @@ class BlockexpCLI(LightningCLI):
 
     def before_fit(self) -> None:
         cfg = self.config[self.subcommand]
+        if not cfg.get("ckpt_path"):  # refuse a used run directory before anything runs
+            self.model._check_run_dirs(self.trainer, resuming=False)
         if self.model.hparams.validate_before_fit and not cfg.get("ckpt_path"):
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
 
@@ -294,6 +360,8 @@ offline:
   expand   write an expanded Hugging Face checkpoint
   export   convert a training checkpoint (.ckpt) into a Hugging Face directory
   importance  per-layer importance (angular distance, removal/insertion drops): CSV + PNG
+
+errors in the input end with one line and exit code 2; add --debug for the traceback.
 """
 
 
@@ -311,29 +379,73 @@ def _bare_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input (config, data, architecture, checkpoint, files):
+    reported in one line rather than with a traceback."""
+    import pickle
+    import zipfile
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    errors: list[type[BaseException]] = [
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        MisconfigurationException,
+    ]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _report(err: BaseException) -> None:
+    message = str(err) or type(err).__name__
+    if isinstance(err, KeyError) and err.args:
+        message = str(err.args[0])
+    print(f"error: {message}", file=sys.stderr)
+    print("(run with --debug, or BLOCKEXP_DEBUG=1, for the traceback)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point of ``python -m blockexp``."""
+    """Entry point of ``python -m blockexp``.
+
+    Bad input (config, data, architecture, checkpoint, files) ends with a one-line ``error:``
+    naming the problem and exit code 2; ``--debug`` (or ``BLOCKEXP_DEBUG=1``) shows the traceback
+    instead.
+    """
     explicit = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("BLOCKEXP_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if not explicit:
+        sys.argv[1:] = argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return None
     command = argv[0]
-    if command in OFFLINE_COMMANDS:
-        from jsonargparse import CLI
+    if command not in OFFLINE_COMMANDS and command not in TRAIN_COMMANDS:
+        print(f"Unknown command '{command}'.\n\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        if command in OFFLINE_COMMANDS:
+            from jsonargparse import CLI
 
-        from . import expanders  # noqa: F401  (registers the expander classes)
-
-        try:
+            from . import expanders  # noqa: F401  (registers the expander classes)
             from .importance import importance
 
             return CLI(
                 [plan, expand, export, importance], args=_bare_flags(argv), as_positional=False
             )
-        except (ValueError, KeyError, OSError) as err:  # user errors: one clear line, exit 2
-            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-            raise SystemExit(2) from err
-    if command in TRAIN_COMMANDS:
         return BlockexpCLI(args=argv if explicit else None)
-    print(f"Unknown command '{command}'.\n\n{USAGE}", file=sys.stderr)
-    raise SystemExit(2)
+    except _user_errors() as err:
+        if debug:
+            raise
+        _report(err)
+        raise SystemExit(2) from None

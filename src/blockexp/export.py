@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,17 @@ from .checkpoint import MANIFEST_NAME
 from .expanders import Expander
 from .streaming import copy_tokenizer_files
 
-__all__ = ["expand_in_memory", "export_checkpoint", "rebuild_from_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "expand_in_memory",
+    "export_checkpoint",
+    "load_checkpoint_file",
+    "rebuild_from_checkpoint",
+]
+
+
+class CheckpointError(ValueError):
+    """A training checkpoint that cannot be used (unreadable, corrupted, not blockexp's)."""
 
 
 def _copy_tokenizer(base: str, dest: Path) -> list[str]:
@@ -77,8 +90,49 @@ def expand_in_memory(
     return {**manifest, "tokenizer_files": copied}
 
 
-def rebuild_from_checkpoint(state: dict[str, Any], name: str | Path = "checkpoint"):
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint safely: tensors and plain data only (``weights_only``; no pickled
+    code runs), after checking the archive's own CRCs, so a truncated or corrupted file is named.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        CheckpointError: if it is not a readable checkpoint.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise CheckpointError(f"{path} is corrupted: {bad} fails its CRC check.")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupted?): {reason}"
+        ) from err
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain data; blockexp does not unpickle "
+            f"them (weights_only): {str(err).splitlines()[0]}"
+        ) from err
+
+
+def rebuild_from_checkpoint(
+    state: dict[str, Any],
+    name: str | Path = "checkpoint",
+    base: str | None = None,
+    trust_remote_code: bool = False,
+):
     """Rebuild the plain ``transformers`` model of a ``blockexp fit`` checkpoint.
+
+    Nothing in the checkpoint can raise privileges: ``trust_remote_code`` comes only from the
+    caller (off by default), and the stored base is a hint: ``base`` replaces it, and either is
+    checked against the stored digests of every frozen tensor. Every stored tensor is checked
+    against its recorded checksum first.
 
     Self-contained checkpoints (``save_frozen=true``): the base architecture is built from the
     stored base config without initialising its weights (untouched allocations cost no resident
@@ -93,10 +147,12 @@ def rebuild_from_checkpoint(state: dict[str, Any], name: str | Path = "checkpoin
 
     from .checkpoint import _config_from_dict, describe_spec
     from .expanders import build_expander
-    from .loading import check_fingerprint, load_expanded
+    from .loading import check_fingerprint, check_stored_tensors, load_expanded
 
     info = state["blockexp"]
     expander = build_expander(info["manifest"]["expander"])
+    if info.get("stored_digest"):
+        check_stored_tensors(state["state_dict"], info["stored_digest"], str(name))
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
     fingerprint = info.get("frozen_fingerprint")
@@ -106,8 +162,20 @@ def rebuild_from_checkpoint(state: dict[str, Any], name: str | Path = "checkpoin
             model = AutoModelForCausalLM.from_config(config)
         expansion = expander.expand(model)
     else:
-        hp = state.get("hyper_parameters", {})
-        expansion, _, _ = load_expanded(hp, expander)
+        # The checkpoint's hyper-parameters say how training loaded the base; never whether
+        # remote code may run, and where the base is only as a default the caller can replace.
+        hp = dict(state.get("hyper_parameters", {}))
+        stored = hp.get("base")
+        hp["base"] = base if base is not None else stored
+        hp["trust_remote_code"] = bool(trust_remote_code)
+        try:
+            expansion, _, _ = load_expanded(hp, expander)
+        except OSError as err:
+            raise FileNotFoundError(
+                f"{name}: the base it was trained on, {describe_spec(stored)!r} (stored in the "
+                f"checkpoint), cannot be loaded here ({str(err).splitlines()[0]}). Pass the base "
+                "with --base DIR_OR_HUB_ID; its frozen weights are checked against the checkpoint."
+            ) from err
         check_fingerprint(expansion.model, fingerprint, describe_spec(hp["base"]))
         missing = sorted(n for n in expansion.trainable if n not in weights)
         if missing:
@@ -125,7 +193,12 @@ def rebuild_from_checkpoint(state: dict[str, Any], name: str | Path = "checkpoin
 
 
 def export_checkpoint(
-    ckpt: str, out: str, tokenizer: str | None = None, overwrite: bool = False
+    ckpt: str,
+    out: str,
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+    base: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Export a Lightning training checkpoint as a Hugging Face directory (atomically).
 
@@ -133,20 +206,21 @@ def export_checkpoint(
         ckpt: a ``.ckpt`` file written by ``blockexp fit``.
         out: output directory.
         tokenizer: tokenizer spec to save beside the model (default: the one used in training).
-        overwrite: replace an existing output directory.
+        overwrite: replace an existing output directory (an earlier blockexp output only).
+        base: the base model (default: the one stored in the checkpoint); checked against it.
+        trust_remote_code: allow custom modelling code of the base (never read from the
+            checkpoint).
     """
     from .checkpoint import save_pretrained_atomic
     from .loading import export_dtype
     from .tokenization import load_tokenizer
 
     path = Path(ckpt).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {ckpt} does not exist.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint_file(path)
     info = state.get("blockexp")
     if info is None:
-        raise ValueError(f"{ckpt} was not written by blockexp fit (no 'blockexp' entry).")
-    model = rebuild_from_checkpoint(state, path)
+        raise CheckpointError(f"{ckpt} was not written by blockexp fit (no 'blockexp' entry).")
+    model = rebuild_from_checkpoint(state, path, base, trust_remote_code)
     spec = tokenizer or info.get("tokenizer")
     tok = load_tokenizer(spec) if spec else None
     policy = state.get("hyper_parameters", {}).get("precision_policy", "full")

@@ -7,6 +7,7 @@ What to load comes from :mod:`blockexp.loading`; how to write it out from
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,6 +128,7 @@ class BlockExpansionModule(L.LightningModule):
         self.base_config: dict[str, Any] = {}
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # token-weighted loss sum, tokens
         self.val_history: list[dict[str, float]] = []
+        self.fingerprint_seconds = 0.0
         # Trainable-only checkpoints lack the frozen weights (they come from `base`); which keys
         # must be present is checked in on_load_checkpoint.
         self.strict_loading = bool(save_frozen)
@@ -152,6 +154,10 @@ class BlockExpansionModule(L.LightningModule):
         model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found
         self.expansion = expansion
         self.model = expansion.model
+        if not hp.get("save_frozen", False):  # before sharding: plain tensors, no collectives
+            started = time.perf_counter()
+            self._frozen_digest = loading.frozen_fingerprint(model, expansion.trainable)
+            self.fingerprint_seconds = time.perf_counter() - started
         mesh = getattr(self, "_device_mesh", None)  # set by Lightning's ModelParallelStrategy
         if mesh is not None:
             from .distributed import shard_fsdp2
@@ -207,8 +213,59 @@ class BlockExpansionModule(L.LightningModule):
         from .precision import check_trainer_precision
 
         trainer = getattr(self, "_trainer", None)
-        if trainer is not None:
-            check_trainer_precision(self.hparams.get("precision_policy", "full"), trainer.precision)
+        if trainer is None:
+            return
+        check_trainer_precision(self.hparams.get("precision_policy", "full"), trainer.precision)
+        if stage == "fit":
+            self._check_export_target(trainer)
+
+    def on_fit_start(self) -> None:
+        self._check_run_dirs(self.trainer)
+
+    def _run_dirs(self, trainer) -> list[Path]:
+        """This run's directories: what an export must never replace."""
+        dirs = [Path(trainer.default_root_dir)]
+        dirs += [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath]
+        dirs += [Path(lg.log_dir) for lg in trainer.loggers if getattr(lg, "log_dir", None)]
+        return dirs
+
+    def _check_export_target(self, trainer) -> None:
+        """Refuse, before training, an export target that the end of the run may not write."""
+        from .checkpoint import check_output_dir
+
+        if self.hparams.export_dir:
+            base = self.hparams.base
+            check_output_dir(
+                self.hparams.export_dir,
+                protect=[base]
+                if isinstance(base, str) and Path(base).expanduser().exists()
+                else [],
+                keep_away=self._run_dirs(trainer),
+                overwrite=self.hparams.export_overwrite,
+                overwrite_hint="set --model.export_overwrite true",
+            )
+
+    def _check_run_dirs(self, trainer, resuming: bool | None = None) -> None:
+        """Refuse a fresh run into checkpoint directories of an earlier one (resuming needs
+        ``--ckpt_path``; a fresh run there would write ``last-v1.ckpt`` beside the old
+        ``last.ckpt``, which resume commands would then pick)."""
+        resuming = trainer.ckpt_path is not None if resuming is None else resuming
+        if resuming or trainer.fast_dev_run:
+            return
+        for callback in trainer.checkpoint_callbacks:
+            folder = Path(callback.dirpath) if callback.dirpath else None
+            found = (
+                sorted(p.name for p in folder.glob("*.ckpt")) if folder and folder.is_dir() else []
+            )
+            if found:
+                from .checkpoint import OutputExistsError
+
+                raise OutputExistsError(
+                    f"{folder} already holds checkpoints of an earlier run ({', '.join(found[:3])}). "
+                    f"Resume it with --ckpt_path {folder / 'last.ckpt'}, or start a new run in "
+                    "another directory (--trainer.default_root_dir and the checkpoint dirpath), "
+                    "or remove the old checkpoints."
+                )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
@@ -278,24 +335,28 @@ class BlockExpansionModule(L.LightningModule):
             "manifest": self.manifest(),
             "tokenizer": self.tokenizer_spec(),
         }
+        state = checkpoint["state_dict"]
         if not self.hparams.get("save_frozen", False):
             keep = {"model." + name for name in self.expansion.trainable}
-            state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith("model.") and k not in keep]:
                 del state[key]
-            info["frozen_fingerprint"] = loading.frozen_fingerprint(
-                self.model, self.expansion.trainable
-            )
+            info["frozen_fingerprint"] = self._frozen_digest
+        # A checksum of every stored tensor: resume and export refuse a corrupted file.
+        info["stored_digest"] = loading.tensor_digests(
+            {k: v for k, v in state.items() if k.startswith("model.")}
+        )
         checkpoint["blockexp"] = info
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("blockexp", {})
+        state = checkpoint.get("state_dict")
+        if state is not None and info.get("stored_digest"):
+            loading.check_stored_tensors(state, info["stored_digest"], "the checkpoint")
         expected = info.get("frozen_fingerprint")
         if expected is None:
             return
         # Trainable-only checkpoint: the frozen weights come from `base` (configure_model).
         # Some strategies (ModelParallelStrategy) load the weights before this hook and pop them.
-        state = checkpoint.get("state_dict")
         missing = sorted(
             name
             for name in self.expansion.trainable
@@ -306,7 +367,12 @@ class BlockExpansionModule(L.LightningModule):
                 f"The checkpoint lacks {len(missing)} trainable parameters (e.g. {missing[:3]}); "
                 "was it written with another expander?"
             )
-        loading.check_fingerprint(self.model, expected, describe_spec(self.hparams.base))
+        loading.check_fingerprint(
+            self.model,
+            expected,
+            describe_spec(self.hparams.base),
+            current=getattr(self, "_frozen_digest", None),
+        )
 
     def tokenizer_spec(self) -> str:
         """The tokenizer spec, resolved in ``__init__`` (the base's own unless one was given)."""
@@ -326,6 +392,8 @@ class BlockExpansionModule(L.LightningModule):
         tokenizer = load_tokenizer(spec, self.hparams.trust_remote_code)
         base = self.hparams.base
         protect = [base] if isinstance(base, str) and Path(base).expanduser().exists() else []
+        trainer = getattr(self, "_trainer", None)
+        keep_away = self._run_dirs(trainer) if trainer is not None else []
         model = self.expander.export_model(self.model)
         model.config.use_cache = True
         try:
@@ -338,6 +406,8 @@ class BlockExpansionModule(L.LightningModule):
                 overwrite=overwrite,
                 dtype=loading.export_dtype(self.hparams.get("precision_policy", "full")),
                 weights_format=weights_format,
+                keep_away=keep_away,
+                overwrite_hint="set --model.export_overwrite true",
             )
         finally:
             self.model.config.use_cache = False

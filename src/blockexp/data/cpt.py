@@ -257,8 +257,34 @@ def validate_source(source: DataSource) -> int:
 # --------------------------------------------------------------------------- tokenisation
 
 
+def split_long_text(text: str, max_chars: int) -> list[str]:
+    """``text`` cut into pieces of at most about ``max_chars`` characters, each cut right after a
+    whitespace character where there is one in the last tenth of the window (so a word is not
+    split), else at ``max_chars``. Joining the pieces gives ``text`` back."""
+    if len(text) <= max_chars:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        window = text[end - max_chars // 10 : end]
+        cut = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
+        if cut >= 0:
+            end = end - max_chars // 10 + cut + 1
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
 class TokenizeBatch:
     """Picklable batched map function: texts -> token ids followed by eos.
+
+    Memory stays bounded for any document: a text longer than ``max_chars`` characters is
+    tokenised in pieces (:func:`split_long_text`), at most ``group_chars`` characters at a time,
+    and its ids are kept as an int32 array. A piece boundary falls after a whitespace character;
+    tokenizers that split words on whitespace (byte-level BPE, the byte tokenizer) give the same
+    ids as for the whole text, others may differ by a token at each boundary. Documents up to
+    ``max_chars`` are tokenised whole, as before.
 
     Args:
         tokenizer: The tokenizer.
@@ -266,6 +292,8 @@ class TokenizeBatch:
         eos_token_id: Id appended after every document.
         strip_newlines: Strip leading/trailing newlines of each text (used for
             paragraph-split ``.txt`` files).
+        max_chars: longest text tokenised in one piece.
+        group_chars: most characters handed to the tokenizer in one call.
     """
 
     def __init__(
@@ -274,13 +302,38 @@ class TokenizeBatch:
         column: str,
         eos_token_id: int,
         strip_newlines: bool = False,
+        max_chars: int = 100_000,
+        group_chars: int = 2_000_000,
     ) -> None:
         self.tokenizer = tokenizer
         self.column = column
         self.eos_token_id = int(eos_token_id)
         self.strip_newlines = strip_newlines
+        self.max_chars = max_chars
+        self.group_chars = group_chars
 
-    def __call__(self, batch: Mapping[str, list[Any]]) -> dict[str, list[list[int]]]:
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(
+            texts,
+            add_special_tokens=False,
+            split_special_tokens=True,
+            return_attention_mask=False,
+            verbose=False,
+        )["input_ids"]
+
+    def _encode_long(self, text: str) -> np.ndarray:
+        parts, group, size = [], [], 0
+        for piece in split_long_text(text, self.max_chars):
+            if group and size + len(piece) > self.group_chars:
+                parts += [np.asarray(ids, dtype=np.int32) for ids in self._encode(group)]
+                group, size = [], 0
+            group.append(piece)
+            size += len(piece)
+        parts += [np.asarray(ids, dtype=np.int32) for ids in self._encode(group)]
+        parts.append(np.asarray([self.eos_token_id], dtype=np.int32))
+        return np.concatenate(parts)
+
+    def __call__(self, batch: Mapping[str, list[Any]]) -> dict[str, list]:
         """Tokenise a batch; blank documents are dropped."""
         texts = batch[self.column]
         if self.strip_newlines:
@@ -288,14 +341,15 @@ class TokenizeBatch:
         texts = [t for t in texts if t and not t.isspace()]
         if not texts:
             return {"input_ids": []}
-        encoded = self.tokenizer(
-            texts,
-            add_special_tokens=False,
-            split_special_tokens=True,
-            return_attention_mask=False,
-            verbose=False,
-        )["input_ids"]
-        return {"input_ids": [list(ids) + [self.eos_token_id] for ids in encoded]}
+        short = [t for t in texts if len(t) <= self.max_chars]
+        encoded = iter(self._encode(short) if short else [])
+        out: list = []
+        for text in texts:
+            if len(text) <= self.max_chars:
+                out.append([*next(encoded), self.eos_token_id])
+            else:
+                out.append(self._encode_long(text))
+        return {"input_ids": out}
 
 
 def tokenizer_fingerprint(tokenizer: transformers.PreTrainedTokenizerBase) -> str:

@@ -1,0 +1,117 @@
+"""Peak memory of continual pre-training on one very long document vs a normal corpus.
+
+``python benchmarks/long_document.py [--size-mb 50] [--format jsonl|txt]``
+
+Writes the same number of characters twice: as ONE document on a single line (a 50 MB ``.jsonl``
+record or ``.txt`` paragraph) and as many 2 KB documents. For each, a fresh process tokenises it
+with :class:`blockexp.data.CPTDataModule` (the byte tokenizer, the cache in a temp dir) and trains
+a tiny LLaMA Pro model for 2 steps. Reported: peak RSS (``VmHWM``) and wall time of each, and
+their ratio (goal: the long document within 2x the normal corpus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    import lightning as L
+    from blockexp.data import CPTDataModule, DataSource
+    from blockexp.expanders import LlamaPro
+    from blockexp.module import BlockExpansionModule
+    path, cache = sys.argv[1], sys.argv[2]
+    started = time.perf_counter()
+    data = CPTDataModule(sources=[DataSource(name="d", path=path)], tokenizer="byte",
+                         seq_len=128, batch_size=4, val_fraction=0.0, cache_dir=cache)
+    base = dict(model_type="llama", vocab_size=259, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                bos_token_id=257, eos_token_id=258, pad_token_id=256)
+    module = BlockExpansionModule(base=base, expander=LlamaPro(num_groups=1),
+                                  validate_before_fit=False)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(json.dumps({"peak_kb": peak, "seconds": time.perf_counter() - started,
+                      "blocks": len(data.train_dataset)}))
+    """
+)
+
+
+def _words(rng: random.Random, chars: int) -> str:
+    out, size = [], 0
+    while size < chars:
+        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+        out.append(word)
+        size += len(word) + 1
+    return " ".join(out)[:chars]
+
+
+def write_corpora(folder: Path, size_mb: float, fmt: str) -> tuple[Path, Path]:
+    """One ``size_mb`` document, and the same characters as 2 KB documents."""
+    rng = random.Random(0)
+    total = int(size_mb * 1_000_000)
+    text = _words(rng, total)
+    long_path, normal_path = folder / f"long.{fmt}", folder / f"normal.{fmt}"
+    docs = [text[i : i + 2000] for i in range(0, len(text), 2000)]
+    if fmt == "jsonl":
+        long_path.write_text(json.dumps({"text": text}) + "\n")
+        normal_path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    else:  # .txt: documents are blank-line separated paragraphs
+        long_path.write_text(text + "\n")
+        normal_path.write_text("\n\n".join(docs) + "\n")
+    return long_path, normal_path
+
+
+def measure(path: Path, cache: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), str(cache)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=float, default=50.0)
+    parser.add_argument("--format", choices=("jsonl", "txt"), default="jsonl")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        started = time.perf_counter()
+        long_path, normal_path = write_corpora(folder, args.size_mb, args.format)
+        print(
+            f"corpora: {args.size_mb:g} MB as one document and as 2 KB documents "
+            f"({args.format}, written in {time.perf_counter() - started:.1f}s)"
+        )
+        normal = measure(normal_path, folder / "cache_normal")
+        long = measure(long_path, folder / "cache_long")
+    ratio = long["peak_kb"] / normal["peak_kb"]
+    print(
+        f"normal corpus:  peak RSS {normal['peak_kb'] / 1e6:.2f} GB, {normal['seconds']:.1f}s "
+        f"({normal['blocks']} blocks)"
+    )
+    print(
+        f"one document:   peak RSS {long['peak_kb'] / 1e6:.2f} GB, {long['seconds']:.1f}s "
+        f"({long['blocks']} blocks)"
+    )
+    print(
+        f"ratio: peak RSS {ratio:.2f} (goal <= 2), time {long['seconds'] / normal['seconds']:.2f}"
+    )
+    return {"normal": normal, "long": long, "ratio": ratio}
+
+
+if __name__ == "__main__":
+    main()

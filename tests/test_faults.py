@@ -1,0 +1,652 @@
+"""Fault injection: malicious checkpoints, mutated bases, corrupted checkpoints, bad inputs, and
+``kill -9`` at random points (slow). Each test prints its counts (run with ``-s``); the table in
+docs/security.md comes from such a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from blockexp.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTS: dict[str, dict[str, int]] = {}
+
+
+def _count(name: str, **values: int) -> None:
+    COUNTS[name] = values
+    print(f"\n[faults] {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+
+
+def _user_error(capsys, args: list[str]) -> str:
+    """Run the CLI in-process; return its one error line (it must exit 2, no traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def _fit_args(base: Path, root: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        str(REPO / "configs/quickstart.yaml"),
+        "--model.base",
+        str(base),
+        "--model.export_dir",
+        "null",
+        "--model.validate_before_fit",
+        "false",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath",
+        str(root / "ckpt"),
+        "--trainer.callbacks.save_last",
+        "true",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.init_args.cache_dir",
+        str(root / "cache"),
+        *extra,
+    ]
+
+
+@pytest.fixture
+def trained(tiny_llama_dir, tmp_path, monkeypatch):
+    """A trainable-only checkpoint trained on the base directory ``tiny_llama_dir``."""
+    monkeypatch.chdir(REPO)
+    root = tmp_path / "run"
+    main(_fit_args(tiny_llama_dir, root, 2))
+    ckpt = root / "ckpt" / "last.ckpt"
+    assert ckpt.is_file()
+    return tiny_llama_dir, ckpt
+
+
+# --------------------------------------------------------------------------- malicious input
+class _Payload:
+    """Unpickling this writes a marker file: proof that pickled code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "executed"))
+
+
+def _remote_code_base(folder: Path, marker: Path) -> Path:
+    """A model directory whose config asks to import its own code (which writes ``marker``)."""
+    folder.mkdir(parents=True)
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('executed')\n"
+        "from transformers import LlamaConfig\n"
+        "class EvilConfig(LlamaConfig):\n    model_type = 'evil'\n"
+    )
+    config = {
+        "model_type": "evil",
+        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilConfig"},
+        "num_hidden_layers": 2,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_malicious_checkpoints_never_run_code(trained, tmp_path, capsys, monkeypatch):
+    base, ckpt = trained
+    marker = tmp_path / "marker"
+    state = torch.load(ckpt, weights_only=True)
+    variants = {}
+    for where in ("top", "state_dict", "hyper_parameters", "blockexp"):  # pickled code
+        evil = json.loads(json.dumps({"x": 1}))
+        evil = dict(state)
+        if where == "top":
+            evil["payload"] = _Payload(marker)
+        else:
+            evil[where] = {**evil[where], "payload": _Payload(marker)}
+        path = tmp_path / f"pickle_{where}.ckpt"
+        torch.save(evil, path)
+        variants[path.name] = path
+    remote = _remote_code_base(tmp_path / "evil_base", marker)
+    for trust in (True, "true"):  # remote code named by the checkpoint's hyper-parameters
+        evil = dict(state)
+        evil["hyper_parameters"] = {**state["hyper_parameters"], "base": str(remote)}
+        evil["hyper_parameters"]["trust_remote_code"] = trust
+        path = tmp_path / f"remote_{trust}.ckpt"
+        torch.save(evil, path)
+        variants[path.name] = path
+    trials = refused = 0
+    for name, path in variants.items():
+        trials += 1
+        line = _user_error(capsys, ["export", "--ckpt", str(path), "--out", str(tmp_path / name)])
+        refused += 1
+        assert not marker.exists(), (name, line)
+        # Resuming: the checkpoint's settings are ignored; the config decides.
+        root = tmp_path / f"resume_{name}"
+        args = _fit_args(base, root, 4, "--ckpt_path", str(path))
+        trials += 1
+        if name.startswith("pickle"):
+            _user_error(capsys, args)
+            refused += 1
+        else:  # the configured base is used, verified and resumed from; nothing remote runs
+            main(args)
+        assert not marker.exists(), name
+    _count("malicious checkpoints", trials=trials, refused=refused, executed=0)
+
+
+def test_remote_code_is_off_unless_the_user_turns_it_on(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    remote = _remote_code_base(tmp_path / "evil_base", marker)
+    line = _user_error(capsys, ["plan", "--base", str(remote), "--expander", "LlamaPro"])
+    assert "trust_remote_code" in line or "evil" in line
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- mutated bases
+MUTATIONS = {
+    "random embedding": lambda t: {
+        **t,
+        "model.embed_tokens.weight": torch.randn_like(t["model.embed_tokens.weight"]),
+    },
+    "zeroed layers.0.q_proj": lambda t: {
+        **t,
+        "model.layers.0.self_attn.q_proj.weight": torch.zeros_like(
+            t["model.layers.0.self_attn.q_proj.weight"]
+        ),
+    },
+    "row-permuted MLP": lambda t: {
+        **t,
+        "model.layers.1.mlp.up_proj.weight": t["model.layers.1.mlp.up_proj.weight"]
+        .flip(0)
+        .contiguous(),
+    },
+    "one value +1 ulp": lambda t: {
+        **t,
+        "model.norm.weight": torch.nextafter(
+            t["model.norm.weight"], torch.full_like(t["model.norm.weight"], 10.0)
+        ),
+    },
+    "swapped layers": lambda t: {
+        **t,
+        "model.layers.0.mlp.down_proj.weight": t["model.layers.3.mlp.down_proj.weight"],
+        "model.layers.3.mlp.down_proj.weight": t["model.layers.0.mlp.down_proj.weight"],
+    },
+    "fp16 round trip": lambda t: {k: v.half().float() for k, v in t.items()},
+}
+
+
+def test_mutated_bases_are_refused(trained, tmp_path, capsys):
+    base, ckpt = trained
+    weights = load_file(base / "model.safetensors")
+    trials = refused = 0
+    for name, mutate in MUTATIONS.items():
+        mutated = tmp_path / name.replace(" ", "_")
+        shutil.copytree(base, mutated)
+        save_file(mutate(weights), mutated / "model.safetensors", metadata={"format": "pt"})
+        trials += 1  # export with --base pointing at the mutated copy
+        line = _user_error(
+            capsys,
+            ["export", "--ckpt", str(ckpt), "--base", str(mutated), "--out", str(tmp_path / "o")],
+        )
+        assert "differs from the one the checkpoint was trained on" in line, line
+        refused += 1
+        trials += 1  # resume with the mutated base
+        line = _user_error(
+            capsys, _fit_args(mutated, tmp_path / f"r_{mutated.name}", 4, "--ckpt_path", str(ckpt))
+        )
+        assert "differs from the one the checkpoint was trained on" in line, line
+        refused += 1
+    _count("mutated bases", trials=trials, refused=refused, accepted=trials - refused)
+    assert refused == trials
+
+
+# ------------------------------------------------------------------------ corrupted checkpoints
+def _flip_inside_a_trainable_tensor(src: Path, dst: Path, rng: random.Random) -> None:
+    """Overwrite bytes inside a stored trainable tensor's data with 0x7f7f... (3.4e38 floats)."""
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as archive:
+        members = [i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 64]
+    info = rng.choice(members)
+    header = 30 + len(info.filename.encode()) + len(info.extra)
+    start = info.header_offset + header + rng.randrange(0, info.file_size - 8)
+    data[start : start + 8] = b"\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f"
+    dst.write_bytes(bytes(data))
+
+
+def test_corrupted_checkpoints_are_refused(trained, tmp_path, capsys):
+    base, ckpt = trained
+    rng = random.Random(0)
+    size = ckpt.stat().st_size
+    cases = []
+    for i in range(5):
+        truncated = tmp_path / f"truncated_{i}.ckpt"
+        truncated.write_bytes(ckpt.read_bytes()[: rng.randrange(1, size)])
+        cases.append(truncated)
+    for i in range(5):
+        flipped = tmp_path / f"flipped_{i}.ckpt"
+        _flip_inside_a_trainable_tensor(ckpt, flipped, rng)
+        cases.append(flipped)
+    not_a_ckpt = tmp_path / "text.ckpt"
+    not_a_ckpt.write_text("not a checkpoint")
+    cases.append(not_a_ckpt)
+    trials = refused = 0
+    for path in cases:
+        trials += 1
+        line = _user_error(capsys, ["export", "--ckpt", str(path), "--out", str(tmp_path / "o")])
+        assert str(path) in line or path.name in line, line
+        refused += 1
+        trials += 1
+        line = _user_error(
+            capsys, _fit_args(base, tmp_path / f"r_{path.stem}", 4, "--ckpt_path", str(path))
+        )
+        assert path.name in line, line
+        refused += 1
+    assert not (tmp_path / "o").exists()
+    _count("corrupted checkpoints", trials=trials, refused=refused, accepted=trials - refused)
+
+
+# ---------------------------------------------------------------------------------- bad input
+def test_every_bad_input_is_one_line(tmp_path, capsys, monkeypatch, tiny_llama_dir):
+    monkeypatch.chdir(REPO)
+    quick = [
+        "fit",
+        "--config",
+        str(REPO / "configs/quickstart.yaml"),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.callbacks",
+        "[]",
+        "--model.export_dir",
+        "null",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+    ]
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"text": "ok"}\n{"text": broken\n')
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"\xff\xfe not utf-8\n")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model:\n  lr: [1, 2\n")
+    sft = tmp_path / "sft.json"
+    sft.write_text('[{"prompt": "p"}]')
+    trace = tmp_path / "trace" / "A"
+    trace.mkdir(parents=True)
+    for split in ("train", "test"):
+        (trace / f"{split}.json").write_text('[{"prompt": "p", "answer": 3}]')
+    truncated_base = tmp_path / "truncated_base"
+    shutil.copytree(tiny_llama_dir, truncated_base)
+    weights = truncated_base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    truncated_ckpt = tmp_path / "t.ckpt"
+    truncated_ckpt.write_bytes(b"PK\x03\x04" + os.urandom(100))
+    sources = '[{"name": "x", "path": "%s"}]'
+    cases = {
+        "bad num_groups": ([*quick, "--model.expander.num_groups", "3"], "num_groups"),
+        "malformed JSONL": (
+            [*quick, "--data.init_args.sources", sources % bad_jsonl],
+            "bad.jsonl:2",
+        ),
+        "non-UTF-8": ([*quick, "--data.init_args.sources", sources % latin], "latin.txt"),
+        "SFT schema": (
+            [
+                *quick,
+                "--data",
+                "blockexp.data.SFTDataModule",
+                "--data.init_args.train_files",
+                f"[{sft}]",
+            ],
+            "sft.json:1",
+        ),
+        "TRACE schema": (
+            [
+                *quick,
+                "--data",
+                "blockexp.data.TRACEDataModule",
+                "--data.init_args.root",
+                str(trace.parent),
+                "--data.init_args.tasks",
+                "[A]",
+                "--data.init_args.epochs",
+                "1",
+                "--data.init_args.task_metrics",
+                "{A: accuracy}",
+            ],
+            "train.json:1",
+        ),
+        "truncated safetensors": ([*quick, "--model.base", str(truncated_base)], "truncated_base"),
+        "truncated .ckpt (export)": (
+            ["export", "--ckpt", str(truncated_ckpt), "--out", str(tmp_path / "o")],
+            "t.ckpt",
+        ),
+        "missing .ckpt (export)": (
+            ["export", "--ckpt", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "o")],
+            "none.ckpt",
+        ),
+        "malformed YAML": (["fit", "--config", str(bad_yaml)], "bad.yaml:3"),
+        "missing base": (
+            ["plan", "--base", str(tmp_path / "nowhere"), "--expander", "LlamaPro"],
+            "nowhere",
+        ),
+    }
+    one_line = 0
+    for name, (args, where) in cases.items():
+        line = _user_error(capsys, args)
+        assert where in line, (name, line)
+        one_line += 1
+    _count("bad inputs", trials=len(cases), one_line=one_line, tracebacks=0)
+    # With --debug the traceback is shown instead.
+    with pytest.raises(ValueError):
+        main(["--debug", *cases["malformed YAML"][0]])
+
+
+def test_progress_bar_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/quickstart.yaml"),
+            "--trainer.max_steps",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.callbacks",
+            "[]",
+            "--model.export_dir",
+            "null",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
+
+
+# ------------------------------------------------------------------- what a user made is kept
+def test_exports_never_replace_what_a_user_made(tmp_path, monkeypatch, tiny_llama_dir, capsys):
+    monkeypatch.chdir(REPO)
+    run = tmp_path / "run"
+    (run / "ckpt").mkdir(parents=True)
+    (run / "ckpt" / "keep.ckpt").write_text("x")
+    (run / "notes.txt").write_text("mine")
+    for target in (run, tmp_path):  # the run directory itself, or a directory holding it
+        line = _user_error(
+            capsys,
+            _fit_args(
+                tiny_llama_dir,
+                run,
+                1,
+                "--model.export_dir",
+                str(target),
+                "--model.export_overwrite",
+                "true",
+            ),
+        )
+        assert "holds" in line or "not an earlier blockexp output" in line, line
+    other = tmp_path / "someone_elses"
+    other.mkdir()
+    (other / "file").write_text("keep")
+    line = _user_error(
+        capsys,
+        _fit_args(
+            tiny_llama_dir,
+            tmp_path / "run2",
+            1,
+            "--model.export_dir",
+            str(other),
+            "--model.export_overwrite",
+            "true",
+        ),
+    )
+    assert "not an earlier blockexp output" in line
+    assert (other / "file").read_text() == "keep" and (run / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "run2" / "ckpt").exists()  # refused before training
+
+
+def test_second_fit_into_a_used_run_directory_is_refused(trained, tmp_path, capsys):
+    base, ckpt = trained
+    line = _user_error(capsys, _fit_args(base, ckpt.parent.parent, 2))
+    assert "--ckpt_path" in line and str(ckpt) in line
+    assert sorted(p.name for p in ckpt.parent.glob("*.ckpt")) == ["last.ckpt"]
+
+
+def test_stale_temporaries_of_dead_processes_are_cleaned(tmp_path):
+    from blockexp.checkpoint import atomic_output_dir
+
+    out = tmp_path / "out"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    (tmp_path / f".out.tmp-{dead}-1").mkdir()
+    (tmp_path / f".out.old-{dead}-2").mkdir()
+    (tmp_path / f".out.old-{dead}-2" / "blockexp_manifest.json").write_text("{}")  # an output
+    alive = tmp_path / f".out.tmp-{os.getpid()}-3"
+    alive.mkdir()
+    with atomic_output_dir(out, overwrite=True) as tmp:  # restores the old output, then replaces
+        (tmp / "blockexp_manifest.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "out"]
+
+
+# --------------------------------------------------------------------------------- kill -9
+def _kill_during(
+    args: list[str], delay: float, cwd: Path, env: dict, when: tuple[Path, str] | None = None
+) -> int:
+    """Run the CLI and SIGKILL it ``delay`` seconds after start, or, with ``when=(folder, glob)``,
+    ``delay`` seconds after a file matching ``glob`` appears in ``folder`` (mid-write)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blockexp", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if when is not None:
+        folder, pattern = when
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if folder.is_dir() and any(folder.glob(pattern)):
+                break
+            time.sleep(0.0005)
+    time.sleep(delay)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    return proc.wait()
+
+
+def _env(tmp_path: Path) -> dict:
+    temp = tmp_path / "system_tmp"
+    temp.mkdir(exist_ok=True)
+    return {**os.environ, "TMPDIR": str(temp), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_kill_export_at_random_points(trained, tmp_path):
+    _, ckpt = trained
+    env = _env(tmp_path)
+    out = tmp_path / "exported"
+    export = ["export", "--ckpt", str(ckpt), "--out", str(out), "--overwrite", "true"]
+    subprocess.run(
+        [sys.executable, "-m", "blockexp", *export], env=env, check=True, capture_output=True
+    )
+    reference = load_file(out / "model.safetensors")
+    rng = random.Random(2)
+    trials = survived = left_by_kill = 0
+    for _ in range(8):
+        _kill_during(export, rng.uniform(0.0, 0.05), REPO, env, (tmp_path, ".exported.tmp-*"))
+        trials += 1
+        left_by_kill += bool(list(tmp_path.glob(".exported.*")))
+        if out.exists():  # the previous export, intact, or the new one, complete
+            got = load_file(out / "model.safetensors")
+            assert all(torch.equal(got[k], reference[k]) for k in reference)
+        survived += 1
+    subprocess.run(
+        [sys.executable, "-m", "blockexp", *export], env=env, check=True, capture_output=True
+    )
+    leftovers = [p.name for p in tmp_path.glob(".exported.*")]
+    assert not leftovers and not any((tmp_path / "system_tmp").iterdir())
+    _count(
+        "kill -9 during export",
+        trials=trials,
+        survived=survived,
+        killed_mid_write=left_by_kill,
+        leftovers_after_next_run=len(leftovers),
+    )
+
+
+@pytest.mark.slow
+def test_kill_expand_at_random_points(tmp_path, tiny_llama):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    env = _env(tmp_path)
+    base = tmp_path / "base"  # ~100 MB so that writing takes a while
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32000,
+            hidden_size=512,
+            intermediate_size=1408,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+        )
+    ).save_pretrained(base)
+    expand = [
+        "expand",
+        "--base",
+        str(base),
+        "--out",
+        str(tmp_path / "out"),
+        "--expander",
+        "LlamaPro",
+        "--expander.num_groups",
+        "2",
+        "--overwrite",
+        "true",
+        "--in_memory",
+    ]
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "blockexp", *expand, "true"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    full = time.perf_counter() - started
+    reference = load_file(tmp_path / "out" / "model.safetensors")
+    rng = random.Random(0)
+    trials = survived = left_by_kill = 0
+    for trial in range(10):
+        mode = "true" if trial % 2 else "false"  # in memory, or streamed
+        if trial < 4:  # at a random time
+            _kill_during([*expand, mode], rng.uniform(0.3 * full, 1.1 * full), tmp_path, env)
+        else:  # while the output is being written
+            when = (tmp_path, ".out.tmp-*")
+            _kill_during([*expand, mode], rng.uniform(0.0, 0.3), tmp_path, env, when)
+        trials += 1
+        left_by_kill += bool(list(tmp_path.glob(".out.*")))  # cleaned by the next run
+        out = tmp_path / "out"
+        if out.exists():  # complete (old or new): both equal the reference
+            got = (
+                load_file(out / "model.safetensors")
+                if (out / "model.safetensors").exists()
+                else None
+            )
+            if got is not None:
+                assert got.keys() == reference.keys()
+                assert all(torch.equal(got[k], reference[k]) for k in got)
+            assert (out / "blockexp_manifest.json").is_file()
+        survived += 1
+    subprocess.run(
+        [sys.executable, "-m", "blockexp", *expand, "false"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    leftovers = [p.name for p in tmp_path.glob(".out.*")]
+    assert not leftovers, leftovers  # the next run removed what killed runs left
+    assert not any((tmp_path / "system_tmp").iterdir())
+    _count(
+        "kill -9 during expand",
+        trials=trials,
+        survived=survived,
+        killed_mid_write=left_by_kill,
+        leftovers_after_next_run=len(leftovers),
+    )
+
+
+@pytest.mark.slow
+def test_kill_fit_and_checkpoint_saves_then_resume(tmp_path, tiny_llama_dir):
+    env = _env(tmp_path)
+    root = tmp_path / "run"
+    args = _fit_args(tiny_llama_dir, root, 40, "--trainer.callbacks.every_n_train_steps", "2")
+    rng = random.Random(1)
+    trials = survived = resumed = 0
+    for trial in range(8):
+        if trial % 2:  # while a checkpoint file is being written
+            when = (root / "ckpt", ".*.tmp-*")
+            _kill_during(args, rng.uniform(0.0, 0.02), REPO, env, when)
+        else:
+            _kill_during(args, rng.uniform(4.0, 12.0), REPO, env)
+        trials += 1
+        last = root / "ckpt" / "last.ckpt"
+        resumed += last.exists()
+        if last.exists():  # complete and verified, or absent
+            from blockexp.export import load_checkpoint_file
+            from blockexp.loading import check_stored_tensors
+
+            state = load_checkpoint_file(last)
+            check_stored_tensors(state["state_dict"], state["blockexp"]["stored_digest"], "last")
+            args = _fit_args(
+                tiny_llama_dir,
+                root,
+                40,
+                "--trainer.callbacks.every_n_train_steps",
+                "2",
+                "--ckpt_path",
+                str(last),
+            )
+        survived += 1
+    result = subprocess.run(
+        [sys.executable, "-m", "blockexp", *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.load(root / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 40
+    leftovers = [p.name for p in (root / "ckpt").glob(".*")]
+    assert not leftovers, leftovers
+    assert not any((tmp_path / "system_tmp").iterdir())  # no temp file outside the run
+    _count(
+        "kill -9 during fit / checkpoint save",
+        trials=trials,
+        survived=survived,
+        resumed_from_checkpoint=resumed,
+        leftovers=len(leftovers),
+    )
