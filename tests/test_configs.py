@@ -90,7 +90,10 @@ def test_recipes_and_pieces_are_found():
 
 @pytest.mark.parametrize("config", RECIPES, ids=_rel)
 def test_every_recipe_runs_fast_dev_run(config, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # the recipes name repository paths (data/quickstart/...)
+    # Run in a scratch directory: the recipes' relative output paths (outputs/...) land there,
+    # and their data paths (data/quickstart/...) resolve through a link to the repository's.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").symlink_to(REPO / "data")
     main(["fit", "--config", str(config), *_smoke_args(config, tmp_path)])
     assert not (tmp_path / "model").exists() or any((tmp_path / "model").iterdir())
 
