@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -95,7 +94,7 @@ def test_strategy_walkthrough(middle_stack, tiny_llama, tmp_path):
                 return super().expand(model)
 
 
-def test_data_walkthrough(tmp_path):
+def test_data_walkthrough(tmp_path, make_trainer):
     from blockexp.data.collate import IGNORE_INDEX
     from blockexp.data.loader import ResumableDataLoader
     from blockexp.data.records import DataError
@@ -124,14 +123,7 @@ def test_data_walkthrough(tmp_path):
     module = BlockExpansionModule(
         base=tiny_llama_dict(2), expander=LlamaPro(num_groups=1), validate_before_fit=False
     )
-    trainer = L.Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = make_trainer(tmp_path, 2)
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 2
     path.write_text('{"question": "a"}\n')

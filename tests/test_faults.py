@@ -76,6 +76,28 @@ def _fit_args(base: Path, root: Path, steps: int, *extra: str) -> list[str]:
     ]
 
 
+def _quick_fit(root: Path, *extra: str) -> list[str]:
+    """One quickstart step with no checkpoint, logger or export, outputs under ``root``."""
+    return [
+        "fit",
+        "--config",
+        str(REPO / "configs/quickstart.yaml"),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.callbacks",
+        "[]",
+        "--model.export_dir",
+        "null",
+        "--trainer.default_root_dir",
+        str(root),
+        *extra,
+    ]
+
+
 @pytest.fixture
 def trained(tiny_llama_dir, tmp_path, monkeypatch):
     """A trainable-only checkpoint trained on the base directory ``tiny_llama_dir``."""
@@ -121,7 +143,6 @@ def test_malicious_checkpoints_never_run_code(trained, tmp_path, capsys, monkeyp
     state = torch.load(ckpt, weights_only=True)
     variants = {}
     for where in ("top", "state_dict", "hyper_parameters", "blockexp"):  # pickled code
-        evil = json.loads(json.dumps({"x": 1}))
         evil = dict(state)
         if where == "top":
             evil["payload"] = _Payload(marker)
@@ -271,23 +292,7 @@ def test_corrupted_checkpoints_are_refused(trained, tmp_path, capsys):
 # ---------------------------------------------------------------------------------- bad input
 def test_every_bad_input_is_one_line(tmp_path, capsys, monkeypatch, tiny_llama_dir):
     monkeypatch.chdir(REPO)
-    quick = [
-        "fit",
-        "--config",
-        str(REPO / "configs/quickstart.yaml"),
-        "--trainer.max_steps",
-        "1",
-        "--trainer.logger",
-        "false",
-        "--trainer.enable_checkpointing",
-        "false",
-        "--trainer.callbacks",
-        "[]",
-        "--model.export_dir",
-        "null",
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
-    ]
+    quick = _quick_fit(tmp_path / "run")
     bad_jsonl = tmp_path / "bad.jsonl"
     bad_jsonl.write_text('{"text": "ok"}\n{"text": broken\n')
     latin = tmp_path / "latin.txt"
@@ -368,27 +373,7 @@ def test_every_bad_input_is_one_line(tmp_path, capsys, monkeypatch, tiny_llama_d
 
 def test_progress_bar_can_be_switched_off(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    main(
-        [
-            "fit",
-            "--config",
-            str(REPO / "configs/quickstart.yaml"),
-            "--trainer.max_steps",
-            "1",
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_checkpointing",
-            "false",
-            "--trainer.callbacks",
-            "[]",
-            "--model.export_dir",
-            "null",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-        ]
-    )
+    main(_quick_fit(tmp_path, "--trainer.enable_progress_bar", "false"))
 
 
 # ------------------------------------------------------------------- what a user made is kept

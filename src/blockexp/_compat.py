@@ -35,12 +35,20 @@ def moved(old: str, targets: Mapping[str, str] | str) -> Callable[[str], Any]:
     return __getattr__
 
 
-def load_script(name: str):
+def load_script(name: str, deprecated_from: str | None = None):
     """Import ``scripts/<name>.py`` of the blockexp source tree (for the deprecated module paths
-    of the data generators, which moved out of the package)."""
+    of the data generators, which moved out of the package); ``deprecated_from`` names the old
+    module, which then warns (once per import)."""
     import importlib.util
     from pathlib import Path
 
+    if deprecated_from is not None:
+        warnings.warn(
+            f"{deprecated_from} has moved to scripts/{name}.py (python scripts/{name}.py); the "
+            "old path will be removed in the next release.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
     path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
     if not path.is_file():
         raise ImportError(

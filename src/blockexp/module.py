@@ -7,7 +7,6 @@ What to load comes from :mod:`blockexp.loading`; how to write it out from
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,7 +127,6 @@ class BlockExpansionModule(L.LightningModule):
         self.base_config: dict[str, Any] = {}
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # token-weighted loss sum, tokens
         self.val_history: list[dict[str, float]] = []
-        self.fingerprint_seconds = 0.0
         # Trainable-only checkpoints lack the frozen weights (they come from `base`); which keys
         # must be present is checked in on_load_checkpoint.
         self.strict_loading = bool(save_frozen)
@@ -155,9 +153,7 @@ class BlockExpansionModule(L.LightningModule):
         self.expansion = expansion
         self.model = expansion.model
         if not hp.get("save_frozen", False):  # before sharding: plain tensors, no collectives
-            started = time.perf_counter()
             self._frozen_digest = loading.frozen_fingerprint(model, expansion.trainable)
-            self.fingerprint_seconds = time.perf_counter() - started
         mesh = getattr(self, "_device_mesh", None)  # set by Lightning's ModelParallelStrategy
         if mesh is not None:
             from .distributed import shard_fsdp2
