@@ -301,7 +301,9 @@ class BlockexpCLI(LightningCLI):
             return
         from .export import load_checkpoint_file
 
-        stored = load_checkpoint_file(ckpt_path).get("hyper_parameters", {}).get("base")
+        # Only the stored base is read here (Lightning loads the weights when fitting starts).
+        state = load_checkpoint_file(ckpt_path, mmap=True)
+        stored = state.get("hyper_parameters", {}).get("base")
         configured = self.config[self.config.subcommand].get("model", {}).get("base")
         if stored is not None and stored != configured:
             from .checkpoint import describe_spec

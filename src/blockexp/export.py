@@ -90,9 +90,11 @@ def expand_in_memory(
     return {**manifest, "tokenizer_files": copied}
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
     """Read a training checkpoint safely: tensors and plain data only (``weights_only``; no pickled
     code runs), after checking the archive's own CRCs, so a truncated or corrupted file is named.
+    ``mmap=True`` maps the tensors instead of reading them (for a caller that needs only the
+    plain data).
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -106,7 +108,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
             bad = archive.testzip()
         if bad is not None:
             raise CheckpointError(f"{path} is corrupted: {bad} fails its CRC check.")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, RuntimeError, OSError) as err:
