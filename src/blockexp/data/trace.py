@@ -272,6 +272,7 @@ class TRACEDataModule(BlockexpDataModule):
         self._train: dict[str, SFTDataset] = {}
         self._val: dict[str, SFTDataset] = {}
         self._scored: dict[str, list[dict[str, str]]] = {}
+        self._answer_budget: dict[str, int] = {}  # reset protocol: longest gold answer + 8
 
     # -------------------------------------------------------------------------- schedule
     @property
@@ -410,7 +411,10 @@ class TRACEDataModule(BlockexpDataModule):
             return int(self._max_new_tokens[task])
         if self.protocol.budget == "max_ans_len":
             return self.max_ans_len
-        return max(self.answer_length(r["answer"]) for r in self.scored_records(task)) + 8
+        if task not in self._answer_budget:  # asked at every evaluation and report
+            answers = self.scored_records(task)
+            self._answer_budget[task] = max(self.answer_length(r["answer"]) for r in answers) + 8
+        return self._answer_budget[task]
 
     def metric_name(self, task: str) -> str:
         """The metric of ``task`` (a key of :data:`blockexp.metrics.METRICS`)."""
