@@ -21,20 +21,23 @@ from .records import DataError
 __all__ = ["BlockexpDataModule", "check_fraction", "check_int"]
 
 
-def check_int(name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
+def check_int(
+    name: str, value: Any, minimum: int = 1, allow_none: bool = False, why: str = ""
+) -> None:
     """Raise :class:`DataError` unless ``value`` is an integer ``>= minimum`` (or None if
-    allowed), naming the argument."""
+    allowed), naming the argument (and ``why`` the bound is what it is)."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = f"an integer >= {minimum}"
+        kind = f"an integer >= {minimum}" + (f" ({why})" if why else "")
         raise DataError(f"{name} must be {'None or ' if allow_none else ''}{kind}, got {value!r}")
 
 
-def check_fraction(name: str, value: Any) -> float:
-    """``value`` as a float in ``[0, 1)``, or :class:`DataError` naming the argument."""
+def check_fraction(name: str, value: Any, hint: str = "") -> float:
+    """``value`` as a float in ``[0, 1)``, or :class:`DataError` naming the argument (and
+    ``hint``)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise DataError(f"{name} must be in [0, 1), got {value!r}")
+        raise DataError(f"{name} must be in [0, 1), got {value!r}" + (f" ({hint})" if hint else ""))
     return float(value)
 
 

@@ -51,7 +51,7 @@ import transformers
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from .base import BlockexpDataModule
+from .base import BlockexpDataModule, check_fraction, check_int
 from .records import DataError, iter_json_records
 
 __all__ = ["CPTDataModule", "DataError", "DataSource", "PackedBlocks", "infer_format"]
@@ -514,14 +514,8 @@ class CPTDataModule(BlockexpDataModule):
             raise DataError(
                 f"duplicate data source names {duplicates}; every source needs a unique name"
             )
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-            raise DataError(
-                f"seq_len must be an integer >= 2 (inputs and shifted labels), got {seq_len!r}"
-            )
-        if not isinstance(val_fraction, (int, float)) or not 0.0 <= float(val_fraction) < 1.0:
-            raise DataError(
-                f"val_fraction must be in [0, 1), got {val_fraction!r} (use 0 to disable validation)"
-            )
+        check_int("seq_len", seq_len, minimum=2, why="inputs and shifted labels")
+        check_fraction("val_fraction", val_fraction, hint="use 0 to disable validation")
         for source in sources:
             source.resolved_format  # noqa: B018  (raises DataError for unknown extensions)
             path = Path(source.path).expanduser()

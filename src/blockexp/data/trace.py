@@ -224,8 +224,7 @@ class TRACEDataModule(BlockexpDataModule):
         check_int("max_prompt_len", max_prompt_len)
         check_int("max_ans_len", max_ans_len)
         check_int("eval_batch_size", eval_batch_size)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise DataError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        check_int("warmup_steps", warmup_steps, minimum=0)
         if temperature is not None and temperature <= 0:
             raise DataError(f"temperature must be > 0, got {temperature!r}")
         metrics = {**TRACE_TASK_METRICS, **(task_metrics or {})}
