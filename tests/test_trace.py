@@ -20,7 +20,7 @@ from make_trace_data import (
 
 from blockexp.callbacks import TRACECallback
 from blockexp.cli import BlockexpCLI, main
-from blockexp.continual.protocol import TRACE_EPOCHS, constant_with_warmup
+from blockexp.continual.protocol import TRACE_EPOCHS
 from blockexp.continual.report import trace_eval_entry
 from blockexp.data import DataError, TRACEDataModule
 from blockexp.data.collate import IGNORE_INDEX
@@ -28,6 +28,7 @@ from blockexp.data.trace import TRACE_ORDER, read_trace_split
 from blockexp.expanders import LlamaPro
 from blockexp.metrics import TRACE_TASK_METRICS, build_metric
 from blockexp.module import BlockExpansionModule
+from blockexp.schedules import constant_with_warmup
 from tests.conftest import tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from ._compat import moved
 from .attention import uses_flash_attention
 from .checkpoint import build_manifest, describe_spec, save_pretrained_atomic
 from .expanders import Expander, build_expander
-from .schedules import cosine_with_warmup
+from .schedules import cosine_schedule, cosine_with_warmup
 
 __all__ = ["BlockExpansionModule", "cosine_with_warmup"]
 
@@ -305,10 +305,7 @@ class BlockExpansionModule(L.LightningModule):
             groups.append({"params": no_decay, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(round(hp.warmup_ratio * total))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_with_warmup(step, total, warmup, hp.min_lr_ratio)
-        )
+        scheduler = cosine_schedule(optimizer, total, hp.warmup_ratio, hp.min_lr_ratio)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
-__all__ = ["constant_with_warmup", "cosine_with_warmup"]
+import torch
+
+__all__ = ["constant_with_warmup", "cosine_schedule", "cosine_with_warmup"]
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
@@ -14,6 +17,16 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, min_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """:func:`cosine_with_warmup` over ``total`` steps as a scheduler, with
+    ``round(warmup_ratio * total)`` warmup steps."""
+    warmup = int(round(warmup_ratio * total))
+    schedule = functools.partial(cosine_with_warmup, total=total, warmup=warmup, min_ratio=min_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def constant_with_warmup(step: int, warmup_steps: int) -> float:

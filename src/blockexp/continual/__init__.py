@@ -1,5 +1,5 @@
 """Continual learning on TRACE: protocols, schedules, generation, evaluation and reports."""
 
-from .protocol import PROTOCOLS, TRACE_EPOCHS, Protocol, constant_with_warmup, get_protocol
+from .protocol import PROTOCOLS, TRACE_EPOCHS, Protocol, get_protocol
 
-__all__ = ["PROTOCOLS", "TRACE_EPOCHS", "Protocol", "constant_with_warmup", "get_protocol"]
+__all__ = ["PROTOCOLS", "TRACE_EPOCHS", "Protocol", "get_protocol"]

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from blockexp.schedules import constant_with_warmup
-
-__all__ = ["PROTOCOLS", "TRACE_EPOCHS", "Protocol", "constant_with_warmup", "get_protocol"]
+__all__ = ["PROTOCOLS", "TRACE_EPOCHS", "Protocol", "get_protocol"]
 
 #: TRACE's epochs per task (``--num_train_epochs 5,3,7,5,3,5,5,7`` over its default order).
 TRACE_EPOCHS: dict[str, int] = {

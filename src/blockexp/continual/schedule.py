@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 
-from blockexp.schedules import constant_with_warmup, cosine_with_warmup
+from blockexp.schedules import constant_with_warmup, cosine_schedule
 
 __all__ = ["ProtocolScheduler"]
 
@@ -97,12 +97,9 @@ class ProtocolScheduler:
         hp = pl_module.hparams
         per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         total = max(1, per_epoch * dm.epochs[task])
-        warmup = int(round(float(hp.get("warmup_ratio", 0.0)) * total))
-        min_ratio = float(hp.get("min_lr_ratio", 0.0))
-        schedule = functools.partial(
-            cosine_with_warmup, total=total, warmup=warmup, min_ratio=min_ratio
-        )
         self._restart_from_peak(optimizer)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = cosine_schedule(
+            optimizer, total, float(hp.get("warmup_ratio", 0.0)), float(hp.get("min_lr_ratio", 0.0))
+        )
         done = (epoch - first) * per_epoch  # > 0 only when resuming inside a task
         self._install(trainer, scheduler, done, ("reset", task))
