@@ -25,7 +25,9 @@ def cosine_schedule(
     """:func:`cosine_with_warmup` over ``total`` steps as a scheduler, with
     ``round(warmup_ratio * total)`` warmup steps."""
     warmup = int(round(warmup_ratio * total))
-    schedule = functools.partial(cosine_with_warmup, total=total, warmup=warmup, min_ratio=min_ratio)
+    schedule = functools.partial(
+        cosine_with_warmup, total=total, warmup=warmup, min_ratio=min_ratio
+    )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 

@@ -169,15 +169,7 @@ class TRACECallback(L.Callback):
             scores[result.task] = result.score
             if self.save_predictions and trainer.is_global_zero:
                 report.write_predictions(
-                    self.out_dir / "predictions",
-                    round_index,
-                    i,
-                    result.task,
-                    result.records,
-                    result.predictions,
-                    result.per_sample,
-                    result.metric,
-                    dm.scoring,
+                    self.out_dir / "predictions", round_index, result, dm.scoring
                 )
             rank_zero_info(
                 f"  TRACE round {round_index + 1}: {result.task} {result.metric} "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from blockexp.metrics.text import build_metric
+from blockexp.metrics.text import score_samples
 
 from .generation import generate_answers
 
@@ -23,7 +23,6 @@ class TaskResult:
         task: the task's name.
         index: its index in the task list.
         metric: the metric's name.
-        score: the mean per-sample score, in [0, 1].
         records: the scored ``{"prompt", "answer"}`` records.
         predictions: the decoded generations.
         per_sample: each record's score.
@@ -33,11 +32,15 @@ class TaskResult:
     task: str
     index: int
     metric: str
-    score: float
     records: list[dict[str, str]]
     predictions: list[str]
     per_sample: list[float]
     seconds: float
+
+    @property
+    def score(self) -> float:
+        """The mean per-sample score, in [0, 1] (TRACE's aggregate; 0 without samples)."""
+        return float(sum(self.per_sample) / len(self.per_sample)) if self.per_sample else 0.0
 
 
 def score_task(
@@ -77,15 +80,13 @@ def score_task(
         pad_token_id=dm.pad_token_id,
     )
     metric = dm.metric_name(task)
-    per_sample = build_metric(metric, dm.scoring).scores(
-        predictions, [r["answer"] for r in records], prompts
+    per_sample = score_samples(
+        metric, predictions, [r["answer"] for r in records], prompts, dm.scoring
     )
-    score = float(sum(per_sample) / len(per_sample)) if per_sample else 0.0
     return TaskResult(
         task,
         task_index,
         metric,
-        score,
         records,
         predictions,
         per_sample,

@@ -15,13 +15,16 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.table import Table
 
 from blockexp.checkpoint import atomic_write
 from blockexp.metrics.continual import backward_transfer, overall_performance
+
+if TYPE_CHECKING:
+    from .evaluation import TaskResult
 
 __all__ = [
     "heatmap_png",
@@ -142,48 +145,33 @@ def trace_eval_entry(metric: str, score: float) -> dict[str, Any]:
     return {"accuracy": score}
 
 
-def write_predictions(
-    out: Path,
-    round_index: int,
-    task_index: int,
-    task: str,
-    records: list[dict[str, str]],
-    predictions: list[str],
-    scores: list[float],
-    metric: str,
-    scoring: str,
-) -> None:
+def write_predictions(out: Path, round_index: int, result: TaskResult, scoring: str) -> None:
     """One round's predictions on one task, as JSON Lines and as TRACE's result file.
 
     Args:
         out: the predictions directory.
         round_index: 0-based round (the task just trained).
-        task_index: 0-based index of the evaluated task.
-        task: its name.
-        records: the scored ``{"prompt", "answer"}`` records.
-        predictions: the decoded generations, one per record.
-        scores: per-sample scores.
-        metric: the metric name.
+        result: the task's evaluation in that round (:func:`~.evaluation.score_task`).
         scoring: ``trace`` or ``lenient``.
     """
+    records, task = result.records, result.task
     lines = "".join(
         json.dumps(
             {"prompt": r["prompt"], "answer": r["answer"], "prediction": p, "score": s},
             ensure_ascii=False,
         )
         + "\n"
-        for r, p, s in zip(records, predictions, scores, strict=True)
+        for r, p, s in zip(records, result.predictions, result.per_sample, strict=True)
     )
     atomic_write(out / f"round{round_index + 1}_{task}.jsonl", lines)
-    score = float(sum(scores) / len(scores)) if scores else 0.0
     trace_file = {
-        "eval": trace_eval_entry(metric, score),
+        "eval": trace_eval_entry(result.metric, result.score),
         "prompts": [r["prompt"] for r in records],
-        "results": predictions,
+        "results": result.predictions,
         "labels": [r["answer"] for r in records],
-        "blockexp": {"metric": metric, "scoring": scoring, "score": score},
+        "blockexp": {"metric": result.metric, "scoring": scoring, "score": result.score},
     }
     atomic_write(
-        out / f"results-{round_index}-{task_index}-{task}.json",
+        out / f"results-{round_index}-{result.index}-{task}.json",
         json.dumps(trace_file, ensure_ascii=False),
     )
