@@ -28,13 +28,15 @@ CHILD = textwrap.dedent(
     from blockexp.data import CPTDataModule, DataSource
     from blockexp.expanders import LlamaPro
     from blockexp.module import BlockExpansionModule
+    from blockexp.tokenization import BYTE_BOS_ID, BYTE_EOS_ID, BYTE_PAD_ID, BYTE_VOCAB_SIZE
     path, cache = sys.argv[1], sys.argv[2]
     started = time.perf_counter()
     data = CPTDataModule(sources=[DataSource(name="d", path=path)], tokenizer="byte",
                          seq_len=128, batch_size=4, val_fraction=0.0, cache_dir=cache)
-    base = dict(model_type="llama", vocab_size=259, hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                bos_token_id=257, eos_token_id=258, pad_token_id=256)
+    base = dict(model_type="llama", vocab_size=BYTE_VOCAB_SIZE, hidden_size=32,
+                intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, bos_token_id=BYTE_BOS_ID, eos_token_id=BYTE_EOS_ID,
+                pad_token_id=BYTE_PAD_ID)
     module = BlockExpansionModule(base=base, expander=LlamaPro(num_groups=1),
                                   validate_before_fit=False)
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
