@@ -38,6 +38,11 @@ def tiny_llama_dict(num_layers: int = 4, **overrides) -> dict:
     return config
 
 
+def random_ids(seed: int = 0, batch: int = 2, length: int = 10) -> torch.Tensor:
+    """Seeded random byte-tokenizer ids of shape ``[batch, length]``."""
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
 # Tiny configs of every supported architecture; the sliding window (4) is shorter than the
 # generated sequences, so sliding attention and sliding KV-cache layers really are exercised.
 ARCH_CONFIGS = {

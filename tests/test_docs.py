@@ -40,7 +40,7 @@ def middle_stack():
         sys.modules.pop(name, None)
 
 
-def test_strategy_walkthrough(middle_stack, tiny_llama, tmp_path):
+def test_strategy_walkthrough(middle_stack, tiny_llama, tmp_path, capsys):
     from blockexp.cli import main
     from blockexp.expanders import Expander, ExpanderConfigError, get_expander, register_expander
 
@@ -65,6 +65,11 @@ def test_strategy_walkthrough(middle_stack, tiny_llama, tmp_path):
     assert {n.split(".")[2] for n in expansion.trainable} == {"2", "3"}
     # `plan` from a config alone and `expand` (streamed) work with it by name.
     base.save_pretrained(tmp_path / "base", safe_serialization=True)
+    capsys.readouterr()
+    by_name = ["--expander", "MiddleStack", "--expander.num_blocks", "2"]
+    main(["plan", "--base", str(tmp_path / "base" / "config.json"), *by_name, "--json"])
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["num_layers"] == 6 and [s["init"] for s in planned["layers"]].count("copy") == 2
     main(
         [
             "expand",

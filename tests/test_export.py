@@ -9,24 +9,12 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from transformers import AutoModelForCausalLM
 
 from blockexp.cli import main
 from blockexp.data import CPTDataModule, DataSource
 from blockexp.expanders import get_expander
-from blockexp.expanders.moe import load_moe_model
 from blockexp.module import BlockExpansionModule
-from tests.conftest import tiny_llama_dict
-
-
-def _ids(seed: int = 0, batch: int = 2, length: int = 10) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _reload(name: str, directory):
-    if name == "MoEExpansion":
-        return load_moe_model(directory)
-    return AutoModelForCausalLM.from_pretrained(directory).eval()
+from tests.conftest import random_ids, tiny_llama_dict
 
 
 @pytest.mark.parametrize(
@@ -67,11 +55,11 @@ def test_fit_checkpoint_and_export_command(name, kwargs, corpus, tmp_path):
     trainer.fit(module, datamodule=data)
     main(["export", "--ckpt", str(tmp_path / "ckpt" / "last.ckpt"), "--out", str(tmp_path / "cli")])
     module.model.eval()
-    ids = _ids(5)
+    ids = random_ids(5)
     with torch.no_grad():
         want = module.model(input_ids=ids).logits
         for directory in ("exported", "cli"):
-            got = _reload(name, tmp_path / directory)(input_ids=ids).logits
+            got = get_expander(name).load_exported(tmp_path / directory)(input_ids=ids).logits
             assert (got - want).abs().max() <= 1e-5, directory
     manifest = json.loads((tmp_path / "cli" / "blockexp_manifest.json").read_text())
     assert manifest["expander"]["class_path"].endswith(name)

@@ -22,11 +22,10 @@ from safetensors.torch import load_file, save_file
 from blockexp.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-COUNTS: dict[str, dict[str, int]] = {}
 
 
 def _count(name: str, **values: int) -> None:
-    COUNTS[name] = values
+    """Print one line of the counts docs/security.md tabulates (run with ``-s``)."""
     print(f"\n[faults] {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
 
 
@@ -137,7 +136,7 @@ def _remote_code_base(folder: Path, marker: Path) -> Path:
     return folder
 
 
-def test_malicious_checkpoints_never_run_code(trained, tmp_path, capsys, monkeypatch):
+def test_malicious_checkpoints_never_run_code(trained, tmp_path, capsys):
     base, ckpt = trained
     marker = tmp_path / "marker"
     state = torch.load(ckpt, weights_only=True)
@@ -241,7 +240,6 @@ def test_mutated_bases_are_refused(trained, tmp_path, capsys):
         assert "differs from the one the checkpoint was trained on" in line, line
         refused += 1
     _count("mutated bases", trials=trials, refused=refused, accepted=trials - refused)
-    assert refused == trials
 
 
 # ------------------------------------------------------------------------ corrupted checkpoints
@@ -372,8 +370,12 @@ def test_every_bad_input_is_one_line(tmp_path, capsys, monkeypatch, tiny_llama_d
 
 
 def test_progress_bar_can_be_switched_off(tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import ProgressBar
+
     monkeypatch.chdir(REPO)
-    main(_quick_fit(tmp_path, "--trainer.enable_progress_bar", "false"))
+    cli = main(_quick_fit(tmp_path, "--trainer.enable_progress_bar", "false"))
+    assert cli.trainer.global_step == 1  # trained, with the default rich bar left out
+    assert not any(isinstance(c, ProgressBar) for c in cli.trainer.callbacks)
 
 
 # ------------------------------------------------------------------- what a user made is kept
@@ -417,7 +419,7 @@ def test_exports_never_replace_what_a_user_made(tmp_path, monkeypatch, tiny_llam
     assert not (tmp_path / "run2" / "ckpt").exists()  # refused before training
 
 
-def test_second_fit_into_a_used_run_directory_is_refused(trained, tmp_path, capsys):
+def test_second_fit_into_a_used_run_directory_is_refused(trained, capsys):
     base, ckpt = trained
     line = _user_error(capsys, _fit_args(base, ckpt.parent.parent, 2))
     assert "--ckpt_path" in line and str(ckpt) in line
@@ -508,7 +510,7 @@ def test_kill_export_at_random_points(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_expand_at_random_points(tmp_path, tiny_llama):
+def test_kill_expand_at_random_points(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     env = _env(tmp_path)

@@ -9,10 +9,7 @@ import pytest
 import torch
 
 from blockexp.expanders import ExpanderConfigError, FullFineTune, LoRA, build_expander
-
-
-def _ids(seed: int = 0, batch: int = 2, length: int = 10) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+from tests.conftest import random_ids
 
 
 def test_lora_default_targets_every_linear_of_every_block(tiny_llama):
@@ -53,8 +50,10 @@ def test_lora_rank_and_export_merges_into_a_plain_model(tiny_llama):
         lora_b.weight.normal_()
         merged = LoRA(r=3, alpha=6, target_modules=["o_proj"]).export_model(peft_model)
         assert type(merged) is type(base) and not isinstance(merged, PeftModel)
-        assert (merged(_ids()).logits - peft_model(input_ids=_ids()).logits).abs().max() <= 1e-5
-        assert (merged(_ids()).logits - base(_ids()).logits).abs().max() > 1e-3
+        assert (
+            merged(random_ids()).logits - peft_model(input_ids=random_ids()).logits
+        ).abs().max() <= 1e-5
+        assert (merged(random_ids()).logits - base(random_ids()).logits).abs().max() > 1e-3
     assert isinstance(expansion.model, PeftModel)  # the training model keeps its adapters
 
 

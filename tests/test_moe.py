@@ -13,10 +13,7 @@ from transformers import AutoModelForCausalLM
 from blockexp.expanders import ExpanderConfigError, MoEExpansion
 from blockexp.expanders.moe import MOE_WEIGHTS_NAME, MoEFeedForward, load_moe_model
 from blockexp.layers import get_arch
-
-
-def _ids(seed: int = 0, batch: int = 2, length: int = 10) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+from tests.conftest import random_ids
 
 
 def test_moe_is_identity_for_any_router_weights(tiny_llama):
@@ -26,7 +23,7 @@ def test_moe_is_identity_for_any_router_weights(tiny_llama):
     with torch.no_grad():
         for layer in get_arch(model).layers(model):
             layer.mlp.router.weight.normal_(std=10.0)  # routing is arbitrary, output unchanged
-        assert (model(_ids()).logits - base(_ids()).logits).abs().max() <= 1e-5
+        assert (model(random_ids()).logits - base(random_ids()).logits).abs().max() <= 1e-5
 
 
 def test_moe_structure_and_gates(tiny_llama):
@@ -81,4 +78,4 @@ def test_moe_export_is_refused_by_plain_transformers(tiny_llama, tmp_path):
         load_moe_model(tmp_path)
     reloaded = load_moe_model(tmp_path / "moe")
     with torch.no_grad():
-        assert torch.equal(reloaded(_ids()).logits, model(_ids()).logits)
+        assert torch.equal(reloaded(random_ids()).logits, model(random_ids()).logits)

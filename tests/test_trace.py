@@ -238,7 +238,7 @@ class _Watch(L.Callback):
         self.adam_steps = int(max(float(s["step"]) for s in state.values()))
 
 
-def _run(root, out, protocol, ckpt=None, warmup_steps=0, max_epochs=None, **callback):
+def _run(root, out, protocol, ckpt=None, warmup_steps=0, **callback):
     generate_micro_trace(root, tasks=["Stance", "Arithmetic"], train=16, eval=2, test=4)
     data = TRACEDataModule(
         str(root),

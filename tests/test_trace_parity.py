@@ -10,7 +10,7 @@ must score 0.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,19 @@ CASES = json.loads((Path(__file__).parent / "data" / "trace_parity_cases.json").
 
 def _expected(case: dict) -> float:
     return 0.0 if case["trace_error"] is not None else case["trace_score"]
+
+
+def _cases(task: str) -> list[dict]:
+    return [c for c in CASES if c["task"] == task]
+
+
+def _args(cases: list[dict]) -> tuple[list[str], list[str], list[str]]:
+    """(predictions, answers, prompts): a metric's arguments for ``cases``."""
+    return (
+        [c["prediction"] for c in cases],
+        [c["answer"] for c in cases],
+        [c["prompt"] for c in cases],
+    )
 
 
 def test_fixture_covers_every_metric_kind_and_the_crash_cases():
@@ -40,42 +53,28 @@ def test_fixture_covers_every_metric_kind_and_the_crash_cases():
 
 @pytest.mark.parametrize("task", sorted(TRACE_TASK_METRICS))
 def test_every_sample_matches_trace(task):
-    cases = [c for c in CASES if c["task"] == task]
+    cases = _cases(task)
     assert cases
+    args = _args(cases)
     metric = build_metric(TRACE_TASK_METRICS[task])  # default scoring: TRACE's
-    got = metric.scores(
-        [c["prediction"] for c in cases], [c["answer"] for c in cases], [c["prompt"] for c in cases]
-    )
+    got = metric.scores(*args)
     worst = max(abs(g - _expected(c)) for g, c in zip(got, cases, strict=True))
     assert worst <= 1e-9, worst  # the issue's bar is 0.005; the scorers agree to rounding error
     # The aggregate is TRACE's too: the mean over all samples, skipped and crashed ones as 0.
-    metric.update(
-        [c["prediction"] for c in cases], [c["answer"] for c in cases], [c["prompt"] for c in cases]
-    )
+    metric.update(*args)
     mean = sum(_expected(c) for c in cases) / len(cases)
     assert float(metric.compute()) == pytest.approx(mean, abs=1e-6)
 
 
 def test_lenient_scoring_differs_from_trace_on_the_fixture():
     """The lenient rule is a different number (so it must never be reported as TRACE's)."""
-    by_task = defaultdict(list)
-    for c in CASES:
-        by_task[c["task"]].append(c)
     differing = 0
-    for task, cases in by_task.items():
-        args = (
-            [c["prediction"] for c in cases],
-            [c["answer"] for c in cases],
-            [c["prompt"] for c in cases],
-        )
+    for task in sorted({c["task"] for c in CASES}):
+        args = _args(_cases(task))
         trace = build_metric(TRACE_TASK_METRICS[task], "trace").scores(*args)
         lenient = build_metric(TRACE_TASK_METRICS[task], "lenient").scores(*args)
         differing += sum(abs(a - b) > 0.005 for a, b in zip(trace, lenient, strict=True))
     assert differing == 182  # the count docs/trace.md states
-
-
-def _cases(task: str) -> list[dict]:
-    return [c for c in CASES if c["task"] == task]
 
 
 def test_numbers_docs_trace_states():
@@ -86,8 +85,7 @@ def test_numbers_docs_trace_states():
     from blockexp.metrics.trace import py150_postprocess
 
     # NumGLUE-cm: lenient mean 0.838 vs TRACE's 0.162.
-    cm = _cases("NumGLUE-cm")
-    args = ([c["prediction"] for c in cm], [c["answer"] for c in cm], [c["prompt"] for c in cm])
+    args = _args(_cases("NumGLUE-cm"))
     means = {
         s: statistics.mean(build_metric(TRACE_TASK_METRICS["NumGLUE-cm"], s).scores(*args))
         for s in ("trace", "lenient")
