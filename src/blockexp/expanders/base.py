@@ -79,6 +79,12 @@ def is_tied(model: nn.Module, arch: ArchSpec) -> bool:
     return arch.lm_head(model).weight is arch.embeddings(model).weight
 
 
+def parameter_names(model: nn.Module, modules) -> frozenset[str]:
+    """Names, in ``model``, of the parameters of ``modules`` (modules found by structure)."""
+    wanted = {id(p) for module in modules for p in module.parameters()}
+    return frozenset(n for n, p in model.named_parameters() if id(p) in wanted)
+
+
 class Expander:
     """A knowledge-injection strategy.
 
@@ -162,8 +168,7 @@ class Expander:
         :attr:`train_options` (:func:`blockexp.layers.trainable_parameter_names`)."""
         legacy = getattr(self, "trainable_modules", None)
         if legacy is not None:  # deprecated hook of a subclass written for an earlier release
-            wanted = {id(p) for module in legacy(model, plan, arch) for p in module.parameters()}
-            return frozenset(n for n, p in model.named_parameters() if id(p) in wanted)
+            return parameter_names(model, legacy(model, plan, arch))
         return trainable_parameter_names(
             arch,
             (name for name, _ in model.named_parameters()),

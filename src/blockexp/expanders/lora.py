@@ -110,11 +110,8 @@ class LoRA(Expander):
         arch = get_arch(model.config)
         targets = self.resolve_targets(model)
         # The train_* options select base parameters by name before peft renames them.
-        extra_ids = {
-            id(p)
-            for n, p in model.named_parameters()
-            if n in self.select_trainable(model, None, arch)
-        }
+        extra = self.select_trainable(model, None, arch)
+        extra_ids = {id(p) for n, p in model.named_parameters() if n in extra}
         config = LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,

@@ -55,7 +55,14 @@ import torch
 from torch import nn
 
 from ..layers import ArchSpec, get_arch, zero_linears
-from .base import Expander, ExpanderConfigError, Expansion, build_expander, register_expander
+from .base import (
+    Expander,
+    ExpanderConfigError,
+    Expansion,
+    build_expander,
+    parameter_names,
+    register_expander,
+)
 
 __all__ = ["MoEExpansion", "MoEFeedForward", "MoEExport", "load_moe_model", "MOE_WEIGHTS_NAME"]
 
@@ -185,10 +192,7 @@ class MoEExpansion(Expander):
                     router.weight.copy_(weights.to(ref.dtype))
             _set(layer, arch.mlp_path, MoEFeedForward(original, experts, router, self.top_k))
             new_modules += [experts, router]
-        new_ids = {id(p) for module in new_modules for p in module.parameters()}
-        trainable = self.select_trainable(model, None, arch) | frozenset(
-            n for n, p in model.named_parameters() if id(p) in new_ids
-        )
+        trainable = self.select_trainable(model, None, arch) | parameter_names(model, new_modules)
         return Expansion(
             model, None, trainable, extra={"num_experts": self.num_experts, "top_k": self.top_k}
         )
