@@ -167,3 +167,22 @@ def test_registration_refuses_contradicting_declarations():
     ):
         with pytest.raises(ExpanderConfigError, match=message):
             register_expander(cls)
+
+
+def test_deprecated_trainable_modules_hook_still_selects(tiny_llama):
+    """A strategy written for the earlier hook warns at registration and still trains what it
+    names."""
+    from blockexp.expanders import Expander, register_expander
+    from blockexp.expanders.base import _REGISTRY
+
+    class LegacyEmbeddingOnly(Expander):
+        def trainable_modules(self, model, plan, arch):
+            return [arch.embeddings(model)]
+
+    with pytest.warns(DeprecationWarning, match="trainable_modules\\(\\) is deprecated"):
+        register_expander(LegacyEmbeddingOnly)
+    try:
+        expansion = LegacyEmbeddingOnly().expand(tiny_llama(2))
+        assert expansion.trainable == {"model.embed_tokens.weight"}
+    finally:
+        _REGISTRY.pop("LegacyEmbeddingOnly")
