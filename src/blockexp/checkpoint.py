@@ -43,6 +43,7 @@ __all__ = [
     "load_model",
     "resolve_dtype",
     "save_pretrained_atomic",
+    "write_manifest",
 ]
 
 MANIFEST_NAME = "blockexp_manifest.json"
@@ -326,6 +327,14 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` as the directory's :data:`MANIFEST_NAME` (inside an atomic output
+    directory, so no temporary file of its own)."""
+    path = Path(directory) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
 WEIGHTS_FORMATS = ("safetensors", "pytorch_bin")
 
 
@@ -378,7 +387,7 @@ def save_pretrained_atomic(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if manifest is not None:
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+            write_manifest(tmp, manifest)
     return Path(out).expanduser().resolve()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import zipfile
@@ -12,7 +11,6 @@ from typing import Any
 
 import torch
 
-from .checkpoint import MANIFEST_NAME
 from .expanders import Expander
 from .streaming import copy_tokenizer_files
 
@@ -71,7 +69,7 @@ def expand_in_memory(
     Returns:
         The manifest, plus ``tokenizer_files`` (what was copied).
     """
-    from .checkpoint import atomic_output_dir, build_manifest, load_model
+    from .checkpoint import atomic_output_dir, build_manifest, load_model, write_manifest
 
     step = step or (lambda description: None)
     protect = [base] if Path(base).expanduser().exists() else []
@@ -86,7 +84,7 @@ def expand_in_memory(
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         copied = _copy_tokenizer(base, tmp)
         manifest = build_manifest(expansion, expander, base, base_layers, base_params)
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, manifest)
     return {**manifest, "tokenizer_files": copied}
 
 

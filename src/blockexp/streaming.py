@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .checkpoint import MANIFEST_NAME, atomic_output_dir, manifest_dict
+from .checkpoint import atomic_output_dir, manifest_dict, write_manifest
 from .layers import Plan, TrainOptions, get_arch, trainable_parameter_names
 
 
@@ -540,7 +540,7 @@ def write_expanded(
         extra=expander.describe(base_layers),
     )
     manifest["streamed"] = True
-    (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(dest, manifest)
     return manifest
 
 
