@@ -402,7 +402,7 @@ def _write_csv(rows: list[dict[str, float]], path: Path) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write(path, buffer.getvalue().encode())
+    atomic_write(path, buffer.getvalue())
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -519,7 +519,7 @@ def importance(
         "baseline": baseline,
         "columns": list(rows[0]),
     }
-    atomic_write(out_dir / "importance.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out_dir / "importance.json", json.dumps(summary, indent=2) + "\n")
     base_text = ", ".join(f"{k} {v:.4f}" for k, v in baseline.items())
     console.print(f"Baseline: {base_text}. Wrote {csv_path}, importance.png, importance.json")
     return csv_path
