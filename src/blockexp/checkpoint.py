@@ -226,13 +226,14 @@ def is_blockexp_output(path: str | os.PathLike) -> bool:
 
 def check_output_dir(
     out: str | os.PathLike,
-    protect: list[str | os.PathLike] = (),
+    protect: list[ModelSpec | os.PathLike] = (),
     keep_away: list[str | os.PathLike] = (),
     overwrite: bool = False,
     overwrite_hint: str = "pass --overwrite true",
 ) -> Path:
     """Check that ``out`` may be written, before any work is done (see
-    :class:`atomic_output_dir` for the rules).
+    :class:`atomic_output_dir` for the rules). ``protect`` may hold any model spec: inline
+    configs and hub ids have nothing on disk to protect and are skipped.
 
     Returns:
         ``out``, resolved.
@@ -242,6 +243,8 @@ def check_output_dir(
     """
     out = Path(out).expanduser().resolve()
     for p in protect:
+        if not isinstance(p, str | os.PathLike) or not Path(p).expanduser().exists():
+            continue
         pp = Path(p).expanduser().resolve()
         if _is_within(out, pp) or _is_within(pp, out):
             raise OutputExistsError(
@@ -285,7 +288,7 @@ class atomic_output_dir:
     def __init__(
         self,
         out: str | os.PathLike,
-        protect: list[str | os.PathLike] = (),
+        protect: list[ModelSpec | os.PathLike] = (),
         overwrite: bool = False,
         keep_away: list[str | os.PathLike] = (),
         overwrite_hint: str = "pass --overwrite true",
@@ -343,7 +346,7 @@ def save_pretrained_atomic(
     out: str | os.PathLike,
     tokenizer=None,
     manifest: dict[str, Any] | None = None,
-    protect: list[str | os.PathLike] = (),
+    protect: list[ModelSpec | os.PathLike] = (),
     overwrite: bool = False,
     max_shard_size: str | int = "5GB",
     dtype: torch.dtype | None = None,

@@ -72,8 +72,7 @@ def expand_in_memory(
     from .checkpoint import atomic_output_dir, build_manifest, load_model, write_manifest
 
     step = step or (lambda description: None)
-    protect = [base] if Path(base).expanduser().exists() else []
-    with atomic_output_dir(out, protect=protect, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out, protect=[base], overwrite=overwrite) as tmp:
         step("loading base model")
         model = load_model(base, dtype=dtype, trust_remote_code=trust_remote_code)
         base_layers = int(model.config.num_hidden_layers)

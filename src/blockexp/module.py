@@ -230,12 +230,9 @@ class BlockExpansionModule(L.LightningModule):
         from .checkpoint import check_output_dir
 
         if self.hparams.export_dir:
-            base = self.hparams.base
             check_output_dir(
                 self.hparams.export_dir,
-                protect=[base]
-                if isinstance(base, str) and Path(base).expanduser().exists()
-                else [],
+                protect=[self.hparams.base],
                 keep_away=self._run_dirs(trainer),
                 overwrite=self.hparams.export_overwrite,
                 overwrite_hint="set --model.export_overwrite true",
@@ -383,8 +380,6 @@ class BlockExpansionModule(L.LightningModule):
 
         spec = self.tokenizer_spec()
         tokenizer = load_tokenizer(spec, self.hparams.trust_remote_code)
-        base = self.hparams.base
-        protect = [base] if isinstance(base, str) and Path(base).expanduser().exists() else []
         trainer = getattr(self, "_trainer", None)
         keep_away = self._run_dirs(trainer) if trainer is not None else []
         model = self.expander.export_model(self.model)
@@ -395,7 +390,7 @@ class BlockExpansionModule(L.LightningModule):
                 out,
                 tokenizer,
                 self.manifest(),
-                protect=protect,
+                protect=[self.hparams.base],
                 overwrite=overwrite,
                 dtype=loading.export_dtype(self.hparams.get("precision_policy", "full")),
                 weights_format=weights_format,
