@@ -17,6 +17,7 @@ from . import loading
 from ._compat import moved
 from .attention import uses_flash_attention
 from .checkpoint import build_manifest, describe_spec, save_pretrained_atomic
+from .data.collate import IGNORE_INDEX
 from .expanders import Expander, build_expander
 from .schedules import cosine_schedule, cosine_with_warmup
 
@@ -194,7 +195,7 @@ class BlockExpansionModule(L.LightningModule):
 
                 return causal_lm_forward_loss(self.model, labels, **inputs)
             out = self.model(**inputs, labels=labels)
-        n_tokens = (labels[:, 1:] != -100).sum()
+        n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
         return out.loss, n_tokens
 
     def _autocast(self):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .collate import IGNORE_INDEX
+
 __all__ = ["flatten_packed_batch", "packed_position_ids"]
 
 
@@ -40,7 +42,7 @@ def flatten_packed_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     first token (the unflattened batch does not predict it either).
     """
     labels = batch["labels"].clone()
-    labels[:, 0] = -100
+    labels[:, 0] = IGNORE_INDEX
     out = {
         "input_ids": batch["input_ids"].reshape(1, -1),
         "labels": labels.reshape(1, -1),
