@@ -242,9 +242,11 @@ class TRACECallback(L.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = {k: state_dict[k] for k in self._settings_now if k in state_dict}
-        changed = {k: (v, self._settings_now[k]) for k, v in saved.items()}
-        changed = {k: pair for k, pair in changed.items() if pair[0] != pair[1]}
+        changed = {
+            k: (state_dict[k], now)
+            for k, now in self._settings_now.items()
+            if k in state_dict and state_dict[k] != now
+        }
         if changed:
             what = ", ".join(
                 f"{k} {a!r} in the checkpoint, {b!r} now" for k, (a, b) in changed.items()
