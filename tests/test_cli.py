@@ -192,6 +192,8 @@ def _quickstart_args(steps: int, *extra: str) -> list[str]:
         "2",
         "--trainer.limit_val_batches",
         "2",
+        "--trainer.callbacks.init_args.limit",  # GeneralEval, the config's last callback
+        "3",
         *extra,
     ]
 
@@ -218,9 +220,19 @@ def test_quickstart_fit_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         assert (again(ids).logits - exported(ids).logits).abs().max() <= 1e-6
     assert (tmp_path / "from_ckpt" / "tokenizer.json").is_file()
+    # GeneralEval wrote the general scores before and after training
+    general = json.loads((tmp_path / "outputs/quickstart/general/general.json").read_text())
+    assert [(e["label"], e["step"]) for e in general["entries"]] == [("start", 0), ("end", 4)]
+    assert general["limit"] == 3 and set(general["entries"][0]["scores"]) == {
+        "blockexp_cloze", "blockexp_choice", "blockexp_complete"
+    }  # fmt: skip
 
     # Resume from the last checkpoint and train on to step 8.
     main(_quickstart_args(8, "--ckpt_path", str(last)))
+    general = json.loads((tmp_path / "outputs/quickstart/general/general.json").read_text())
+    # the resumed run restores the entries stored in the checkpoint (its "start"; the first run's
+    # "end" came after its last checkpoint), so it does not evaluate "start" again
+    assert [(e["label"], e["step"]) for e in general["entries"]] == [("start", 0), ("end", 8)]
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 8
     # Checkpoints hold only what resuming needs: trainable weights (+ a frozen fingerprint).

@@ -13,8 +13,11 @@ from blockexp.cli import BlockexpCLI, expand_config_defaults, main
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 PIECE_DIRS = ("model", "expander", "data", "trainer", "strategy")
+#: configs/eval/ holds evaluation presets for `blockexp eval --preset` (tests/test_lmeval.py)
 RECIPES = sorted(
-    p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] not in PIECE_DIRS
+    p
+    for p in CONFIGS.rglob("*.yaml")
+    if p.relative_to(CONFIGS).parts[0] not in (*PIECE_DIRS, "eval")
 )
 PIECES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] in PIECE_DIRS)
 

@@ -44,7 +44,7 @@ def test_moe_structure_and_gates(tiny_llama):
         assert ((gates > 0).sum(-1) == 2).all()  # top_k of the 3 slots kept
         assert (gates.sum(-1) <= 1 + 1e-6).all()
     assert not any(n.startswith("model.layers.0.mlp.original.") for n in expansion.trainable)
-    assert expansion.extra == {"num_experts": 2, "top_k": 2}
+    assert expansion.extra == {"num_experts": 2, "top_k": 2, "layers": None}
     # The router initialisation is seeded.
     again = MoEExpansion(num_experts=2, top_k=2, seed=3).expand(copy.deepcopy(base)).model
     assert torch.equal(
@@ -79,3 +79,27 @@ def test_moe_export_is_refused_by_plain_transformers(tiny_llama, tmp_path):
     reloaded = load_moe_model(tmp_path / "moe")
     with torch.no_grad():
         assert torch.equal(reloaded(random_ids()).logits, model(random_ids()).logits)
+
+
+def test_moe_on_chosen_layers_only(tiny_llama, tmp_path):
+    """``layers`` expands only those blocks (a smaller budget); identity, training set and the
+    export round trip hold as for every block."""
+    base = tiny_llama(3)
+    model = copy.deepcopy(base)
+    expander = MoEExpansion(num_experts=1, layers=[2, 0, 2])
+    expansion = expander.expand(model)
+    assert expander.layers == [0, 2] and expansion.extra["layers"] == [0, 2]
+    kinds = [isinstance(layer.mlp, MoEFeedForward) for layer in get_arch(model).layers(model)]
+    assert kinds == [True, False, True]
+    assert {n.split(".")[2] for n in expansion.trainable} == {"0", "2"}
+    with torch.no_grad():
+        for i in (0, 2):
+            model.model.layers[i].mlp.experts[0].down_proj.weight.normal_()
+    expander.export_model(model).save_pretrained(tmp_path / "moe")
+    reloaded = load_moe_model(tmp_path / "moe")
+    with torch.no_grad():
+        assert torch.equal(reloaded(random_ids()).logits, model(random_ids()).logits)
+    with pytest.raises(ExpanderConfigError, match=r"layers \[3\] are out of range .* 0..2"):
+        MoEExpansion(layers=[1, 3]).expand(copy.deepcopy(base))
+    with pytest.raises(ExpanderConfigError, match="layers is empty"):
+        MoEExpansion(layers=[])

@@ -393,6 +393,16 @@ def test_released_layout_config_runs_unchanged(tmp_path, monkeypatch):
     line = json.loads((predictions / "round8_20Minuten.jsonl").read_text().splitlines()[0])
     assert set(line) == {"prompt", "answer", "prediction", "score"}
     assert (out / "checkpoints" / "last.ckpt").is_file()
+    # GeneralEval (one line in the config): the general score before and after every round,
+    # written beside R/OP/BWT and logged
+    general = json.loads((out / "trace" / "general.json").read_text())
+    labels = [e["label"] for e in general["entries"]]
+    assert labels == ["start", *[f"round {t}" for t in range(1, 9)]]
+    assert all(set(e["scores"]) == {"blockexp_cloze", "blockexp_choice", "blockexp_complete"}
+               for e in general["entries"])  # fmt: skip
+    assert general["limit"] == 20
+    assert len((out / "trace" / "general.csv").read_text().splitlines()) == 10
+    assert (out / "trace" / "general.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_trace_configs_parse(monkeypatch, tmp_path):

@@ -9,7 +9,9 @@ Training commands follow LightningCLI conventions (``fit``, ``validate``, ``test
   :func:`blockexp.export.expand_in_memory`),
 * ``export`` turn a Lightning training checkpoint into a Hugging Face directory
   (:func:`blockexp.export.export_checkpoint`),
-* ``importance`` per-layer importance (:mod:`blockexp.importance`).
+* ``importance`` per-layer importance (:mod:`blockexp.importance`),
+* ``eval`` lm-evaluation-harness tasks on a model or checkpoint, offline
+  (:func:`blockexp.lmeval.command.run_eval`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .expanders import Expander
 __all__ = ["main", "plan", "expand", "export", "BlockexpCLI"]
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
-OFFLINE_COMMANDS = ("plan", "expand", "export", "importance")
+OFFLINE_COMMANDS = ("plan", "expand", "export", "importance", "eval")
 
 __getattr__ = moved(
     __name__,
@@ -362,12 +364,21 @@ offline:
   expand   write an expanded Hugging Face checkpoint
   export   convert a training checkpoint (.ckpt) into a Hugging Face directory
   importance  per-layer importance (angular distance, removal/insertion drops): CSV + PNG
+  eval     lm-evaluation-harness tasks on a model dir or .ckpt, offline: table + JSON
 
 errors in the input end with one line and exit code 2; add --debug for the traceback.
 """
 
 
-BOOL_FLAGS = ("--json", "--overwrite", "--trust_remote_code", "--in_memory")
+BOOL_FLAGS = (
+    "--json",
+    "--overwrite",
+    "--trust_remote_code",
+    "--in_memory",
+    "--log_samples",
+    "--online",
+    "--confirm_run_unsafe_code",
+)
 
 
 def _bare_flags(argv: list[str]) -> list[str]:
@@ -441,10 +452,11 @@ def main(argv: list[str] | None = None) -> Any:
 
             from . import expanders  # noqa: F401  (registers the expander classes)
             from .importance import importance
+            from .lmeval.command import run_eval
 
-            return CLI(
-                [plan, expand, export, importance], args=_bare_flags(argv), as_positional=False
-            )
+            commands = {"plan": plan, "expand": expand, "export": export}
+            commands.update(importance=importance, eval=run_eval)
+            return CLI(commands, args=_bare_flags(argv), as_positional=False)
         return BlockexpCLI(args=argv if explicit else None)
     except _user_errors() as err:
         if debug:

@@ -142,6 +142,8 @@ class MoEExpansion(Expander):
         top_k: keep only the ``top_k`` largest of the ``num_experts + 1`` gates per token
             (``None``: dense gating; ``1``: Switch-style routing).
         seed: seed of the router initialisation (normal, std ``config.initializer_range``).
+        layers: indices of the decoder blocks whose FFN is expanded (default: every block);
+            fewer blocks give a smaller budget of new parameters.
         **kwargs: the ``train_*`` options of :class:`~blockexp.expanders.Expander`.
     """
 
@@ -150,9 +152,22 @@ class MoEExpansion(Expander):
     custom_export_format = True
 
     def __init__(
-        self, num_experts: int = 1, top_k: int | None = None, seed: int = 0, **kwargs
+        self,
+        num_experts: int = 1,
+        top_k: int | None = None,
+        seed: int = 0,
+        layers: list[int] | None = None,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if layers is not None:
+            layers = sorted({int(i) for i in layers})
+            if not layers:
+                raise ExpanderConfigError(
+                    "MoEExpansion: layers is empty; list decoder block indices (e.g. [1, 4, 7]) "
+                    "or leave it unset to expand every block."
+                )
+        self.layers = layers
         if num_experts < 1:
             raise ExpanderConfigError(f"MoEExpansion: num_experts must be >= 1, got {num_experts}.")
         if top_k is not None and not 1 <= top_k <= num_experts + 1:
@@ -171,7 +186,17 @@ class MoEExpansion(Expander):
         std = float(getattr(model.config, "initializer_range", 0.02))
         generator = torch.Generator().manual_seed(self.seed)
         new_modules: list[nn.Module] = []
-        for layer in arch.layers(model):
+        blocks = arch.layers(model)
+        if self.layers is not None:
+            bad = [i for i in self.layers if not 0 <= i < len(blocks)]
+            if bad:
+                raise ExpanderConfigError(
+                    f"MoEExpansion: layers {bad} are out of range for a model with {len(blocks)} "
+                    f"decoder blocks (valid: 0..{len(blocks) - 1})."
+                )
+        for index, layer in enumerate(blocks):
+            if self.layers is not None and index not in self.layers:
+                continue
             original = arch.mlp(layer)
             if isinstance(original, MoEFeedForward):
                 raise ExpanderConfigError(
@@ -194,7 +219,10 @@ class MoEExpansion(Expander):
             new_modules += [experts, router]
         trainable = self.select_trainable(model, None, arch) | parameter_names(model, new_modules)
         return Expansion(
-            model, None, trainable, extra={"num_experts": self.num_experts, "top_k": self.top_k}
+            model,
+            None,
+            trainable,
+            extra={"num_experts": self.num_experts, "top_k": self.top_k, "layers": self.layers},
         )
 
     def export_model(self, model: nn.Module) -> nn.Module:
