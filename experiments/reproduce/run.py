@@ -287,11 +287,34 @@ def measure(args, name: str, directory: Path, loader, tasks: list[str]) -> dict[
     return row
 
 
+def time_steps(args, strategies, base: Path, tokenizer: Path) -> dict[str, float]:
+    """Median ms per training step of every strategy, in alternated rounds in this process (the
+    training runs above may have shared the CPU with other work; this pass should not)."""
+    out = args.out / "step_times.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    data = _data(args.corpus / "code_train.jsonl", tokenizer, args)
+    samples: dict[str, list[float]] = {label: [] for label, _, _ in strategies}
+    for _ in range(args.timing_rounds):
+        for label, cls, kwargs in strategies:
+            module = BlockExpansionModule(
+                base=str(base), expander=get_expander(cls)(**kwargs), lr=args.lr, seed=0
+            )
+            module.configure_model()
+            timer = StepTimer(skip=3)
+            _trainer(args, 3 + args.timing_steps, [timer]).fit(module, datamodule=data)
+            samples[label].append(timer.mean_ms)
+    medians = {label: statistics.median(v) for label, v in samples.items()}
+    atomic_write(out, json.dumps({"median_ms": medians, "samples_ms": samples}, indent=2))
+    return {"median_ms": medians, "samples_ms": samples}
+
+
 # -- report -------------------------------------------------------------------------------------
 def collect(args, base_row: dict, rows: list[dict]) -> list[dict]:
     table = []
     for row in rows:
-        entry = {k: row[k] for k in ("strategy", "layers", "trainable_params", "step_ms")}
+        keys = ("strategy", "layers", "trainable_params", "step_ms", "train_step_ms")
+        entry = {k: row[k] for k in keys}
         entry["general_loss"] = row["general_loss"]
         entry["forgetting"] = row["general_loss"] - base_row["general_loss"]
         entry["domain_loss"] = row["code_loss"]
@@ -396,11 +419,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task-docs", type=int, default=200, help="documents per local task")
     parser.add_argument("--task-limit", type=int, default=None)
     parser.add_argument("--only", nargs="*", default=None, help="subset of strategy labels")
+    parser.add_argument("--timing-rounds", type=int, default=2, help="alternated timing rounds")
+    parser.add_argument("--timing-steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, end-to-end check")
     args = parser.parse_args(argv)
     args.base_overrides = {}
     if args.smoke:
         args.base_steps, args.steps, args.val_blocks, args.task_limit = 20, 10, 4, 8
+        args.timing_rounds, args.timing_steps = 1, 2
         args.base_overrides = {"hidden_size": 64, "intermediate_size": 128}
     args.out = args.out.resolve()
     args.corpus = args.out / "corpus"
@@ -423,15 +449,20 @@ def main(argv: list[str] | None = None) -> None:
     base_row["general_score"] = statistics.fmean(
         v for k, v in base_row["scores"].items() if not k.endswith("code_line")
     )
-    rows = []
+    rows, chosen = [], []
     for label, cls, kwargs in STRATEGIES:
         if args.only and label not in args.only:
             continue
         kwargs = {"r": rank, "alpha": 2 * rank} if kwargs is None else kwargs
+        chosen.append((label, cls, kwargs))
         run = train_strategy(args, label, cls, kwargs, base, tokenizer)
         loader = get_expander(cls).load_exported
         row = measure(args, label, run / "model", loader, tasks)
         rows.append({**json.loads((run / "train.json").read_text()), **row})
+    timing = time_steps(args, chosen, base, tokenizer)
+    for row in rows:
+        row["train_step_ms"] = row["step_ms"]  # during the training run (CPU maybe shared)
+        row["step_ms"] = timing["median_ms"][row["strategy"]]
     table = collect(args, base_row, rows)
     write_report(args, base_row, table)
     pre = json.loads((base / "pretrain.json").read_text())
