@@ -92,9 +92,9 @@ def test_next_line_scoring_takes_the_line_after_the_first_newline():
 def test_malformed_task_data_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": broken\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON on line 2"):
         load_jsonl(str(bad))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"missing.jsonl'? not found"):
         load_jsonl(str(tmp_path / "missing.jsonl"))
 
 

@@ -40,9 +40,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus as corpus_mod  # noqa: E402
 
+from blockexp.callbacks import StepTimer  # noqa: E402
 from blockexp.checkpoint import atomic_write  # noqa: E402
 from blockexp.data import CPTDataModule, DataSource  # noqa: E402
 from blockexp.expanders import get_expander  # noqa: E402
+from blockexp.importance import load_text_blocks, text_loss  # noqa: E402
 from blockexp.lmeval import evaluate_model, headline_scores  # noqa: E402
 from blockexp.lmeval.build import build_tasks  # noqa: E402
 from blockexp.module import BlockExpansionModule  # noqa: E402
@@ -73,24 +75,6 @@ STRATEGIES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("LoRA", "LoRA", None),
     ("FullFineTune", "FullFineTune", {}),
 ]
-
-
-class StepTimer(L.Callback):
-    """Wall time of each training step after ``skip`` warm-up steps."""
-
-    def __init__(self, skip: int = 5) -> None:
-        self.skip, self.times, self._start = skip, [], 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._start)
-
-    @property
-    def mean_ms(self) -> float:
-        times = self.times[self.skip :] or self.times
-        return 1000.0 * statistics.fmean(times) if times else float("nan")
 
 
 def _trainer(args, steps: int, callbacks=()) -> L.Trainer:
@@ -238,23 +222,11 @@ def train_strategy(args, label: str, cls: str, kwargs: dict, base: Path, tokeniz
 
 
 @torch.no_grad()
-def heldout_loss(model, tokenizer, texts: list[str], seq_len: int, max_blocks: int) -> float:
-    """Mean next-token loss over the first ``max_blocks`` packed blocks of ``texts``."""
-    ids: list[int] = []
-    for text in texts:
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(ids) >= seq_len * max_blocks:
-            break
-    n = min(max_blocks, len(ids) // seq_len)
-    blocks = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
-    total, count = 0.0, 0
-    model.eval()
-    for batch in blocks.split(8):
-        loss = model(input_ids=batch, labels=batch).loss
-        tokens = batch.numel() - batch.shape[0]
-        total += float(loss) * tokens
-        count += tokens
-    return total / count
+def heldout_loss(model, tokenizer, path: Path, seq_len: int, max_blocks: int) -> float:
+    """Mean next-token loss over the first ``max_blocks`` packed blocks of a JSONL corpus
+    (documents joined with eos: :func:`blockexp.importance.load_text_blocks`)."""
+    blocks = load_text_blocks(path, tokenizer, seq_len, max_blocks)
+    return text_loss(model.eval(), blocks, batch_size=8)
 
 
 def measure(args, name: str, directory: Path, loader, tasks: list[str]) -> dict[str, Any]:
@@ -267,11 +239,11 @@ def measure(args, name: str, directory: Path, loader, tasks: list[str]) -> dict[
     tok = AutoTokenizer.from_pretrained(args.out / "tokenizer")
     row: dict[str, Any] = {"model": name}
     for kind in ("general", "code"):
-        texts = corpus_mod.read_texts(args.corpus / f"{kind}_val.jsonl")
-        row[f"{kind}_loss"] = heldout_loss(model, tok, texts, args.seq_len, args.val_blocks)
+        path = args.corpus / f"{kind}_val.jsonl"
+        row[f"{kind}_loss"] = heldout_loss(model, tok, path, args.seq_len, args.val_blocks)
     if name == "base":  # the same measure on training documents: the generalisation gap
-        texts = corpus_mod.read_texts(args.corpus / "general_train.jsonl")
-        row["general_train_loss"] = heldout_loss(model, tok, texts, args.seq_len, args.val_blocks)
+        path = args.corpus / "general_train.jsonl"
+        row["general_train_loss"] = heldout_loss(model, tok, path, args.seq_len, args.val_blocks)
     results = evaluate_model(
         model,
         tok,

@@ -21,7 +21,6 @@ import argparse
 import csv
 import io
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from blockexp.callbacks import StepTimer
 from blockexp.data import CPTDataModule, DataSource
 from blockexp.expanders import FullFineTune, expander_names, get_expander
 from blockexp.module import BlockExpansionModule
@@ -65,26 +65,6 @@ STRATEGY_ARGS: dict[str, dict[str, Any]] = {
     "LoRA": {"r": 8, "alpha": 16},
     "FullFineTune": {},
 }
-
-
-class StepTimer(L.Callback):
-    """Wall time of each training step (forward, backward, optimizer step)."""
-
-    def __init__(self, skip: int = 5) -> None:
-        self.skip = skip
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._start)
-
-    @property
-    def mean_ms(self) -> float:
-        times = self.times[self.skip :] or self.times
-        return 1000.0 * statistics.fmean(times) if times else float("nan")
 
 
 def _data(path: Path, name: str, args: argparse.Namespace) -> CPTDataModule:

@@ -273,7 +273,8 @@ def layer_angular_distances(
 
 
 @torch.no_grad()
-def _text_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int) -> float:
+def text_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int) -> float:
+    """Mean next-token cross-entropy over ``blocks`` (``[n, seq_len]``), token-weighted."""
     device = _device_of(model)
     total, tokens = 0.0, 0
     for batch in blocks.split(batch_size):
@@ -344,7 +345,7 @@ def evaluate(
     batch_size: int = 4,
 ) -> dict[str, float]:
     """Score the model: ``loss`` and ``ppl`` on the text blocks, ``acc`` on encoded MC items."""
-    loss = _text_loss(model, blocks, batch_size)
+    loss = text_loss(model, blocks, batch_size)
     scores = {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
     if mc:
         scores["acc"] = _mc_accuracy(model, mc, pad_id)

@@ -2,6 +2,7 @@
 
 from .general import GeneralEval
 from .summary import ExpansionSummary
+from .timer import StepTimer
 from .trace import TRACECallback
 
-__all__ = ["ExpansionSummary", "GeneralEval", "TRACECallback"]
+__all__ = ["ExpansionSummary", "GeneralEval", "StepTimer", "TRACECallback"]

@@ -16,7 +16,6 @@ installed:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +33,20 @@ def load_jsonl(data_file: str, split: str = "test", **_: Any):
     """``custom_dataset`` loader: ``{split: Dataset}`` from a JSONL file of task documents.
 
     A relative ``data_file`` is resolved against the shipped tasks directory. A malformed line
-    raises a ``ValueError`` that names the file and the line number.
+    raises :class:`~blockexp.data.records.DataError` (a ``ValueError``) naming file and line.
     """
     import datasets
+
+    from ...data.records import DataError, iter_json_records
 
     path = Path(data_file)
     if not path.is_absolute():
         path = TASKS_DIR / path
-    if not path.is_file():
-        raise FileNotFoundError(f"task data file {path} does not exist")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object")
-            rows.append(row)
+    for number, row in iter_json_records(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path} holds no documents")
     return datasets.DatasetDict({split: datasets.Dataset.from_list(rows)})
