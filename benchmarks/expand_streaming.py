@@ -57,8 +57,16 @@ print(json.dumps({"seconds": seconds, "before": before, "peak": status("VmHWM:")
 """
 
 
-def make_checkpoint(path: Path, size_gb: float, shard: str) -> tuple[int, int]:
-    """Write a random bf16 Llama of about ``size_gb`` GB; returns (bytes, layers)."""
+def make_checkpoint(
+    path: Path,
+    size_gb: float,
+    shard: str,
+    hidden: int = 1536,
+    intermediate: int = 4096,
+    vocab: int = 32000,
+) -> tuple[int, int]:
+    """Write a random bf16 Llama of about ``size_gb`` GB (at least 8 layers of the given
+    widths); returns (bytes, layers)."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
@@ -66,7 +74,7 @@ def make_checkpoint(path: Path, size_gb: float, shard: str) -> tuple[int, int]:
     from blockexp.streaming import parse_size
     from blockexp.tokenization import load_tokenizer
 
-    h, inter, vocab = 1536, 4096, 32000
+    h, inter = hidden, intermediate
     per_layer = (4 * h * h + 3 * h * inter + 2 * h) * 2
     fixed = (2 * vocab * h + h) * 2
     layers = max(8, 8 * math.ceil((size_gb * 1e9 - fixed) / per_layer / 8))
@@ -74,8 +82,8 @@ def make_checkpoint(path: Path, size_gb: float, shard: str) -> tuple[int, int]:
         hidden_size=h,
         intermediate_size=inter,
         num_hidden_layers=layers,
-        num_attention_heads=12,
-        num_key_value_heads=12,
+        num_attention_heads=max(1, h // 128),
+        num_key_value_heads=max(1, h // 128),
         vocab_size=vocab,
         dtype="bfloat16",
         tie_word_embeddings=False,

@@ -45,23 +45,79 @@ def random_ids(seed: int = 0, batch: int = 2, length: int = 10) -> torch.Tensor:
 
 # Tiny configs of every supported architecture; the sliding window (4) is shorter than the
 # generated sequences, so sliding attention and sliding KV-cache layers really are exercised.
+_MOE = dict(num_experts_per_tok=2, moe_intermediate_size=24)
 ARCH_CONFIGS = {
     "llama": tiny_llama_dict(4),
+    # Llama-3.x: llama3 rope scaling, tied embeddings, rope theta 500k.
+    "llama3_tied": tiny_llama_dict(
+        4,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ),
     "mistral": tiny_llama_dict(4, model_type="mistral", sliding_window=4),
     "qwen2": tiny_llama_dict(
         4, model_type="qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=2
     ),
+    "qwen3": tiny_llama_dict(
+        4,
+        model_type="qwen3",
+        head_dim=16,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=2,
+    ),
+    "phi3": tiny_llama_dict(4, model_type="phi3", sliding_window=4),
+    "gemma": tiny_llama_dict(4, model_type="gemma", head_dim=16, tie_word_embeddings=True),
+    "gemma2": tiny_llama_dict(
+        4,
+        model_type="gemma2",
+        head_dim=16,
+        sliding_window=4,
+        query_pre_attn_scalar=16,
+        tie_word_embeddings=True,
+    ),
+    "gemma3_text": tiny_llama_dict(
+        4,
+        model_type="gemma3_text",
+        head_dim=16,
+        sliding_window=4,
+        query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        tie_word_embeddings=True,
+    ),
+    "olmo2": tiny_llama_dict(4, model_type="olmo2"),
+    "mixtral": tiny_llama_dict(
+        4, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, sliding_window=4
+    ),
+    "qwen2_moe": tiny_llama_dict(
+        4, model_type="qwen2_moe", num_experts=4, shared_expert_intermediate_size=40, **_MOE
+    ),
+    "qwen3_moe": tiny_llama_dict(4, model_type="qwen3_moe", head_dim=16, num_experts=4, **_MOE),
+}
+# Sparse models whose dense and sparse FFN layers alternate (decoder_sparse_step 2).
+MIXED_MOE_CONFIGS = {
+    "qwen2_moe": {**ARCH_CONFIGS["qwen2_moe"], "decoder_sparse_step": 2},
+    "qwen3_moe": {**ARCH_CONFIGS["qwen3_moe"], "decoder_sparse_step": 2, "mlp_only_layers": [3]},
 }
 
 
-def make_arch_model(model_type: str, seed: int = 0):
-    """A tiny model of ``model_type`` (eval mode) whose every layer visibly matters."""
+def make_arch_model(model_type: str | dict, seed: int = 0):
+    """A tiny model of ``model_type`` (a key of :data:`ARCH_CONFIGS`, or a config dict), in eval
+    mode, whose every layer visibly matters."""
     from blockexp.checkpoint import load_model
 
-    model = load_model(ARCH_CONFIGS[model_type], dtype="float32", seed=seed)
+    config = ARCH_CONFIGS[model_type] if isinstance(model_type, str) else model_type
+    model = load_model(config, dtype="float32", seed=seed)
     with torch.no_grad():
         for p in model.parameters():
-            if p.ndim == 2:
+            if p.ndim >= 2:
                 p.mul_(5.0)  # make every layer matter (random init leaves them tiny)
             elif p.ndim == 1 and not torch.all(p == 1):
                 p.normal_(0, 0.5)  # biases (Qwen2 q/k/v) are zero at init: make them count

@@ -109,3 +109,14 @@ def test_attention_auto_selection(monkeypatch, make_module):
     monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
     module.configure_model()
     assert module.model.config._attn_implementation == "sdpa"
+
+
+def test_auto_skips_a_kernel_the_model_class_lacks():
+    from blockexp.checkpoint import load_config
+    from tests.conftest import ARCH_CONFIGS
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU choice")
+    assert select_attn_implementation("auto", load_config(ARCH_CONFIGS["gemma2"])) == "eager"
+    assert select_attn_implementation("auto", load_config(ARCH_CONFIGS["gemma3_text"])) == "sdpa"
+    assert select_attn_implementation("sdpa", load_config(ARCH_CONFIGS["gemma2"])) == "sdpa"

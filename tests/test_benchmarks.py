@@ -42,3 +42,18 @@ def test_train_step_flop_ratio():
     step = _load("train_step")
     # 12 layers in 3 groups -> 15 layers, lowest trainable index 4 (in the expanded model).
     assert step.flop_ratio(12, 3) == (2 * 15 + 2 * (15 - 4) + 2 * 3) / (6 * 15)
+
+
+def test_startup_benchmark_smoke(tmp_path):
+    """``benchmarks/startup.py --smoke``: a tiny checkpoint, one round of every timed command."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(BENCH / "startup.py"), "--smoke", "--work", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for row in ("cp -r", "expand (streaming)", "plan --json", "--help", "expand / cp:"):
+        assert row in out, out
+    assert (tmp_path / "base" / "model.safetensors.index.json").is_file()
+    assert not (tmp_path / "expand_out").exists()  # outputs are removed, the base is kept

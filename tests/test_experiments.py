@@ -82,8 +82,16 @@ def test_reproduce_experiment_smoke(tmp_path):
     run = _load_reproduce()
     out = tmp_path / "out"
     (out / "downloads").mkdir(parents=True)
-    para = "The quick brown fox jumps over the lazy dog near the river bank today. "
-    sources = {f"doc{i}": f"Heading\n=======\n\n{para * 3}\n\n{para * 2}\n" for i in range(60)}
+    words = "quick brown lazy red small old new green tall quiet".split()
+
+    def para(i: int) -> str:  # varied sentences, so the tasks find distinct distractors
+        return " ".join(
+            f"The {words[(i + j) % 10]} fox number {i * 7 + j} jumps over the {words[j % 10]} "
+            f"dog near the river bank by the {words[(3 * i + j) % 10]} mill."
+            for j in range(3)
+        )
+
+    sources = {f"doc{i}": f"Heading\n=======\n\n{para(i)}\n\n{para(i + 1)}\n" for i in range(60)}
     _fake_doc_deb(out / "downloads" / "python3.11-doc_0_all.deb", sources)
     run.main(["--smoke", "--out", str(out), "--only", "LlamaPro", "LoRA"])
     results = json.loads((out / "results.json").read_text())

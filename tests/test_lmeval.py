@@ -77,6 +77,10 @@ def test_builders_make_the_documented_documents():
     assert {d["target"] for d in lines} == {"    y = x + 1", "    return y"}
     assert all(not d["context"].endswith("\n") for d in lines)
     assert cloze_docs(PROSE, 10, seed=0) == cloze  # deterministic
+    # Repetitive text without enough distinct endings is refused (it used to loop forever).
+    repeated = ["The quick brown fox jumps over the lazy dog near the river bank today."] * 20
+    with pytest.raises(ValueError, match="different endings"):
+        choice_docs(repeated, 5, seed=0)
 
 
 def test_next_line_scoring_takes_the_line_after_the_first_newline():

@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     args.base_overrides = {}
     if args.smoke:
         args.base_steps, args.steps, args.val_blocks, args.task_limit = 20, 10, 4, 8
-        args.timing_rounds, args.timing_steps = 1, 2
+        args.timing_rounds, args.timing_steps, args.seq_len = 1, 2, 64
         args.base_overrides = {"hidden_size": 64, "intermediate_size": 128}
     args.out = args.out.resolve()
     args.corpus = args.out / "corpus"

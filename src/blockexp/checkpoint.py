@@ -18,13 +18,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import AutoConfig, PretrainedConfig
-
 from . import __version__
+from ._lazy import lazy_attr, lazy_module
+
+# torch and transformers are imported on first use, so that streaming and planning (which read
+# config.json as JSON) start without them.
+torch = lazy_module("torch")
+AutoConfig = lazy_attr("transformers", "AutoConfig")
 
 if TYPE_CHECKING:  # the modelling stack is imported only where a model is built
-    from transformers import PreTrainedModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
 __all__ = [
     "MANIFEST_NAME",
@@ -39,6 +42,7 @@ __all__ = [
     "build_manifest",
     "manifest_dict",
     "describe_spec",
+    "manifest_base",
     "load_config",
     "load_model",
     "resolve_dtype",
@@ -88,6 +92,18 @@ def describe_spec(spec: ModelSpec) -> str:
     """A short string for logs and manifests."""
     if isinstance(spec, dict):
         return f"inline:{spec.get('model_type', '?')}"
+    return str(spec)
+
+
+def manifest_base(spec: ModelSpec) -> str:
+    """How a manifest records the base: an existing local path as an absolute path (so the
+    manifest stays valid when the output directory or the working directory moves), a hub id
+    as given, an inline config as ``inline:<model_type>``."""
+    if isinstance(spec, dict):
+        return describe_spec(spec)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return str(path.resolve())
     return str(spec)
 
 
@@ -353,9 +369,16 @@ def save_pretrained_atomic(
     weights_format: str = "safetensors",
     keep_away: list[str | os.PathLike] = (),
     overwrite_hint: str = "pass --overwrite true",
+    base: ModelSpec | None = None,
+    tokenizer_from_base: bool = True,
 ) -> Path:
     """Save ``model``, its config, ``tokenizer`` and the manifest, atomically (the rules of
     :class:`atomic_output_dir`).
+
+    ``base`` (a local directory; hub ids and inline configs have no files) lends its other
+    non-weight files (``generation_config.json``, README, chat template, ...; its tokenizer files
+    too when ``tokenizer_from_base``), and ``config.json`` / ``tokenizer_config.json`` are made
+    readable by transformers 4.x as well (:func:`blockexp.portable.finish_output`).
 
     ``dtype`` stores every floating-point tensor in that dtype (one tensor at a time; tensors
     already in it are not copied), e.g. bf16 for a model trained with frozen bf16 weights and fp32
@@ -389,6 +412,9 @@ def save_pretrained_atomic(
             )
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        from .portable import finish_output
+
+        finish_output(tmp, base, tokenizer_from_base)
         if manifest is not None:
             write_manifest(tmp, manifest)
     return Path(out).expanduser().resolve()
@@ -429,7 +455,7 @@ def manifest_dict(
     return {
         "blockexp_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "base": describe_spec(base),
+        "base": manifest_base(base),
         "base_num_layers": base_num_layers,
         "base_params": base_params,
         "num_layers": num_layers,

@@ -22,26 +22,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.cli import LightningCLI
-from rich.console import Console
-from rich.table import Table
-
 from ._compat import moved
 from .expanders import Expander
 
-__all__ = ["main", "plan", "expand", "export", "BlockexpCLI"]
+# Start-up: this module imports neither Lightning nor torch (the strategies register without
+# torch, see blockexp.expanders). A training command imports :mod:`blockexp.training_cli`
+# (LightningCLI); each offline command imports what it uses; ``--help``, ``plan`` and streaming
+# ``expand`` run without torch (tests/test_startup.py).
+
+__all__ = ["main", "plan", "expand", "export", "BlockexpCLI"]  # noqa: F822 (lazy)
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 OFFLINE_COMMANDS = ("plan", "expand", "export", "importance", "eval")
 
-__getattr__ = moved(
+_moved = moved(
     __name__,
     {"plan_summary": "blockexp.expanders.dry_run", "rebuild_from_checkpoint": "blockexp.export"},
 )
 
 
-def _console() -> Console:
+def __getattr__(name: str) -> Any:
+    if name in ("BlockexpCLI", "expand_config_defaults"):  # Lightning: imported on first use
+        from . import training_cli
+
+        return getattr(training_cli, name)
+    return _moved(name)
+
+
+def _console() -> Any:  # a rich Console
+    from rich.console import Console
+
     return Console(stderr=False)
 
 
@@ -50,18 +60,30 @@ def plan(
 ) -> None:
     """Print the layer map and parameter counts of an expansion, from config.json alone.
 
+    A local safetensors checkpoint and a streamable strategy are planned as ``expand`` streams
+    them, from config.json and the safetensors headers (:func:`blockexp.streaming.plan_summary`,
+    no torch); otherwise the model is built on the meta device
+    (:func:`blockexp.expanders.dry_run.plan_summary`). Both give the same numbers.
+
     Args:
         base: model directory, path to a config.json, or hub id.
         expander: the strategy, e.g. ``--expander LlamaPro --expander.num_groups 8``.
         json: print one JSON object (keys num_layers, total_params, trainable_params, layers).
         trust_remote_code: allow custom config code from the hub.
     """
-    from .expanders.dry_run import plan_summary
+    from . import streaming
 
-    summary = plan_summary(base, expander, trust_remote_code)
+    if streaming.can_stream(expander, base) is None:
+        summary = streaming.plan_summary(base, expander)
+    else:
+        from .expanders.dry_run import plan_summary
+
+        summary = plan_summary(base, expander, trust_remote_code)
     if json:
         print(_json.dumps(summary, indent=2))
         return
+    from rich.table import Table
+
     table = Table(title=f"{summary['strategy']} plan for {base}")
     for col in ("new index", "source", "init", "trainable"):
         table.add_column(col)
@@ -97,8 +119,10 @@ def expand(
 ) -> Path:
     """Expand a base model and write it as a Hugging Face directory, atomically.
 
-    The output holds safetensors weights, the updated config.json, the base's tokenizer files
-    and ``blockexp_manifest.json`` (plan, new and trainable layers). The base directory is never
+    The output holds safetensors weights, the updated config.json, ``blockexp_manifest.json``
+    (plan, new and trainable layers) and the base's other files (tokenizer, generation config,
+    chat template, README, ...), with configs transformers 4.x reads too
+    (:mod:`blockexp.portable`). The base directory is never
     written to. A local safetensors checkpoint expanded by a depth-changing strategy is streamed
     tensor by tensor (:mod:`blockexp.streaming`: memory does not grow with the model, dtype kept,
     bitwise equal to in-memory expansion); other cases load the model in memory.
@@ -196,165 +220,6 @@ def export(
     return result
 
 
-def expand_config_defaults(argv: list[str]) -> list[str]:
-    """Compose configs: every ``--config FILE`` whose YAML has a ``defaults:`` list (paths
-    relative to FILE) becomes ``--config`` of each default (recursively, in order) followed by
-    ``--config FILE``, so FILE holds only its delta over the pieces it names. The merged result
-    gets ``defaults: null`` (a saved config is complete and names no pieces).
-
-    Raises:
-        FileNotFoundError: a default that does not exist, naming the config that lists it.
-        ValueError: a cycle, or a ``defaults`` entry that is not a list of paths.
-    """
-    import yaml
-
-    def chain(path: Path, stack: tuple[Path, ...]) -> list[str]:
-        resolved = path.expanduser().resolve()
-        if resolved in stack:
-            cycle = " -> ".join(str(p) for p in (*stack, resolved))
-            raise ValueError(f"config defaults form a cycle: {cycle}")
-        try:
-            data = yaml.safe_load(resolved.read_text()) if resolved.is_file() else None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ValueError(f"{where}: invalid YAML: {problem}") from err
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-        defaults = data.get("defaults") if isinstance(data, dict) else None
-        out: list[str] = []
-        if defaults is not None:
-            if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
-                raise ValueError(f"{path}: `defaults` must be a list of config file paths")
-            for entry in defaults:
-                piece = Path(os.path.normpath(resolved.parent / entry))
-                if not piece.is_file():
-                    raise FileNotFoundError(
-                        f"{path} lists the default config {entry!r}, which does not exist "
-                        f"(resolved to {piece})"
-                    )
-                out += chain(piece, (*stack, resolved))
-        return [*out, "--config", str(path)]
-
-    out: list[str] = []
-    composed = False
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
-        elif arg.startswith("--config="):
-            value, i = arg.split("=", 1)[1], i + 1
-        else:
-            out.append(arg)
-            i += 1
-            continue
-        pieces = chain(Path(value), ())
-        composed = composed or len(pieces) > 2
-        out += pieces
-    if composed:
-        out += ["--defaults", "null"]
-    return out
-
-
-class BlockexpCLI(LightningCLI):
-    """LightningCLI with blockexp defaults: gradient clipping 1.0, the tokenizer given once (in
-    ``model``) and linked to the data module, validation before training, rich progress bar and
-    an end-of-fit summary table. Config files compose through ``defaults:`` lists
-    (:func:`expand_config_defaults`)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from .callbacks import ExpansionSummary
-        from .module import BlockExpansionModule
-
-        if isinstance(kwargs.get("args"), list):
-            kwargs["args"] = expand_config_defaults(kwargs["args"])
-        elif kwargs.get("args") is None:  # the command line: LightningCLI reads sys.argv
-            sys.argv[1:] = expand_config_defaults(sys.argv[1:])
-
-        kwargs.setdefault("model_class", BlockExpansionModule)
-        kwargs.setdefault("subclass_mode_data", True)
-        from .checkpoint_io import AtomicCheckpointIO
-
-        kwargs.setdefault(
-            "trainer_defaults",
-            {
-                "callbacks": [RichProgressBar(), ExpansionSummary()],
-                "plugins": [AtomicCheckpointIO()],
-            },
-        )
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(*args, **kwargs)
-
-    def _parse_ckpt_path(self) -> None:
-        """Resume from ``--ckpt_path`` without taking settings from the checkpoint.
-
-        LightningCLI would merge the checkpoint's hyper-parameters over the user's config, so a
-        checkpoint could switch on ``trust_remote_code`` or point ``base`` elsewhere. Here the
-        config alone decides; the file is checked to be a readable checkpoint (a clear error
-        otherwise), and its frozen weights are verified against the configured base when training
-        resumes.
-        """
-        if not self.config.get("subcommand"):
-            return
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-        if not ckpt_path:
-            return
-        from .export import load_checkpoint_file
-
-        # Only the stored base is read here (Lightning loads the weights when fitting starts).
-        state = load_checkpoint_file(ckpt_path, mmap=True)
-        stored = state.get("hyper_parameters", {}).get("base")
-        configured = self.config[self.config.subcommand].get("model", {}).get("base")
-        if stored is not None and stored != configured:
-            from .checkpoint import describe_spec
-
-            print(
-                f"Note: {ckpt_path} was trained on base {describe_spec(stored)!r}; resuming with "
-                f"the configured base {describe_spec(configured)!r} (its frozen weights are "
-                "checked against the checkpoint).",
-                file=sys.stderr,
-            )
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
-        # The rich progress bar is a default: leave it out when the user turns the bar off or
-        # brings another one.
-        from lightning.pytorch.callbacks import ProgressBar
-
-        own = [c for c in (config.get("callbacks") or []) if isinstance(c, ProgressBar)]
-        if config.get("enable_progress_bar") is False or own:
-            defaults = self.trainer_defaults.get("callbacks", [])
-            self.trainer_defaults = {
-                **self.trainer_defaults,
-                "callbacks": [c for c in defaults if not isinstance(c, RichProgressBar)],
-            }
-        return super()._instantiate_trainer(config, callbacks)
-
-    def add_arguments_to_parser(self, parser) -> None:
-        from .loading import resolve_tokenizer_spec
-
-        parser.add_argument(
-            "--defaults",
-            type=list[str] | None,
-            default=None,
-            help="config files this one builds on (paths relative to it), applied first",
-        )
-        parser.set_defaults({"trainer.gradient_clip_val": 1.0})
-        parser.link_arguments(
-            ("model.tokenizer", "model.base"),
-            "data.init_args.tokenizer",
-            compute_fn=resolve_tokenizer_spec,
-        )
-
-    def before_fit(self) -> None:
-        cfg = self.config[self.subcommand]
-        if not cfg.get("ckpt_path"):  # refuse a used run directory before anything runs
-            self.model._check_run_dirs(self.trainer, resuming=False)
-        if self.model.hparams.validate_before_fit and not cfg.get("ckpt_path"):
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
-
-
 USAGE = """usage: python -m blockexp <command> [options]
 
 training (LightningCLI; see `python -m blockexp fit --help`):
@@ -398,8 +263,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     import pickle
     import zipfile
 
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     errors: list[type[BaseException]] = [
         ValueError,
         OSError,
@@ -407,8 +270,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         KeyError,
         pickle.UnpicklingError,
         zipfile.BadZipFile,
-        MisconfigurationException,
     ]
+    # Only Lightning raises this, so it is imported when it can have been raised (the offline
+    # commands do not import Lightning at all).
+    lightning_errors = sys.modules.get("lightning.fabric.utilities.exceptions")
+    if lightning_errors is not None:
+        errors.append(lightning_errors.MisconfigurationException)
     try:
         from safetensors import SafetensorError
 
@@ -416,6 +283,74 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover
         pass
     return tuple(errors)
+
+
+def _offline_command(name: str):
+    """The function behind an offline command; ``importance`` and ``eval`` are imported only
+    when they run (``importance`` needs torch)."""
+    if name == "importance":
+        from .importance import importance
+
+        return importance
+    if name == "eval":
+        from .lmeval.command import run_eval
+
+        return run_eval
+    return {"plan": plan, "expand": expand, "export": export}[name]
+
+
+def _config_strategies(path: str) -> list[str] | None:
+    """The strategies a config file for ``plan``/``expand`` names (``None``: cannot tell)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).expanduser().read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None  # jsonargparse reports it
+    if not isinstance(data, dict):
+        return None
+    value = data.get("expander")
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = value.get("class_path")
+    return [value] if isinstance(value, str) else None
+
+
+def _needs_every_strategy(command: str, argv: list[str]) -> bool:
+    """Whether ``command`` may need a strategy that ``python -m blockexp`` defers (one that
+    imports torch when registered, see :mod:`blockexp.expanders`): always, unless it is ``plan``
+    or ``expand`` and every strategy it names on the command line or in a ``--config`` is
+    registered already (or is a class of the user's own, which jsonargparse imports)."""
+    from .expanders import expander_names
+
+    if command not in ("plan", "expand") or {"-h", "--help"} & set(argv):
+        return True
+    if os.environ.get("JSONARGPARSE_DEFAULT_ENV", "").lower() in ("1", "true"):
+        return True  # options may come from the environment
+    names: list[str] = []
+    for i, arg in enumerate(argv):
+        key, eq, value = arg.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if key in ("--expander", "--expander.class_path"):
+            names.append(value)
+        elif key == "--config":
+            found = _config_strategies(value)
+            if found is None:
+                return True
+            names += found
+    registered = set(expander_names())
+
+    def known(name: str) -> bool:
+        if name in registered:
+            return True
+        module, _, short = name.rpartition(".")
+        if module.startswith("blockexp"):
+            return short in registered
+        return bool(module)  # a user's class: jsonargparse imports its module
+
+    return not names or not all(known(n) for n in names)
 
 
 def _report(err: BaseException) -> None:
@@ -446,17 +381,20 @@ def main(argv: list[str] | None = None) -> Any:
     if command not in OFFLINE_COMMANDS and command not in TRAIN_COMMANDS:
         print(f"Unknown command '{command}'.\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
+    from . import expanders
+
     try:
         if command in OFFLINE_COMMANDS:
             from jsonargparse import CLI
 
-            from . import expanders  # noqa: F401  (registers the expander classes)
-            from .importance import importance
-            from .lmeval.command import run_eval
-
-            commands = {"plan": plan, "expand": expand, "export": export}
-            commands.update(importance=importance, eval=run_eval)
+            if _needs_every_strategy(command, argv):
+                expanders.import_all()
+            # Only this command's parser is built, so only its module is imported.
+            commands = {command: _offline_command(command)}
             return CLI(commands, args=_bare_flags(argv), as_positional=False)
+        expanders.import_all()
+        from .training_cli import BlockexpCLI
+
         return BlockexpCLI(args=argv if explicit else None)
     except _user_errors() as err:
         if debug:

@@ -54,7 +54,9 @@ def expand_in_memory(
     step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Load ``base``, expand it in memory and write it to ``out`` atomically (safetensors,
-    config, tokenizer files and manifest); the base directory is never written to.
+    config, tokenizer files, manifest and the base directory's other non-weight files, with
+    configs transformers 4.x reads too: :mod:`blockexp.portable`); the base directory is never
+    written to.
 
     Args:
         base: base model directory or hub id.
@@ -67,11 +69,21 @@ def expand_in_memory(
         step: called with a description when each of the three steps starts.
 
     Returns:
-        The manifest, plus ``tokenizer_files`` (what was copied).
+        The manifest, plus ``tokenizer_files`` (the tokenizer files written) and ``base_files``
+        (the local base's files carried over).
     """
-    from .checkpoint import atomic_output_dir, build_manifest, load_model, write_manifest
+    from .checkpoint import (
+        atomic_output_dir,
+        build_manifest,
+        load_config,
+        load_model,
+        write_manifest,
+    )
+    from .layers import get_arch
 
     step = step or (lambda description: None)
+    # An unsupported architecture is refused from its config, before any weight is read.
+    get_arch(load_config(base, trust_remote_code=trust_remote_code))
     with atomic_output_dir(out, protect=[base], overwrite=overwrite) as tmp:
         step("loading base model")
         model = load_model(base, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -82,9 +94,12 @@ def expand_in_memory(
         step(f"writing {out}")
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         copied = _copy_tokenizer(base, tmp)
+        from .portable import finish_output
+
+        carried = finish_output(tmp, base)  # the base's other files; 4.x-readable configs
         manifest = build_manifest(expansion, expander, base, base_layers, base_params)
         write_manifest(tmp, manifest)
-    return {**manifest, "tokenizer_files": copied}
+    return {**manifest, "tokenizer_files": copied, "base_files": carried}
 
 
 def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
@@ -223,6 +238,19 @@ def export_checkpoint(
     spec = tokenizer or info.get("tokenizer")
     tok = load_tokenizer(spec) if spec else None
     policy = state.get("hyper_parameters", {}).get("precision_policy", "full")
+    from .portable import same_source
+
+    # The base lends its other files (generation config, README, ...; its tokenizer files when
+    # the tokenizer is its own) to the export.
+    stored = state.get("hyper_parameters", {}).get("base")
+    used = base if base is not None else stored
     return save_pretrained_atomic(
-        model, out, tok, info["manifest"], overwrite=overwrite, dtype=export_dtype(policy)
+        model,
+        out,
+        tok,
+        info["manifest"],
+        overwrite=overwrite,
+        dtype=export_dtype(policy),
+        base=used,
+        tokenizer_from_base=not spec or any(same_source(spec, b) for b in (used, stored)),
     )

@@ -43,9 +43,13 @@ def loss_chunk_tokens(num_tokens: int, hidden_size: int, vocab_size: int, minimu
     return max(minimum, math.ceil(num_tokens / chunks))
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module) -> torch.Tensor:
-    logits = head(hidden).float()
-    return F.cross_entropy(logits, targets, reduction="sum")
+def _chunk_loss_sum(
+    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, softcap: float | None = None
+) -> torch.Tensor:
+    logits = head(hidden)
+    if softcap:  # Gemma 2's final logit soft-capping, in the head's dtype as the model does it
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 def chunked_causal_lm_loss(
@@ -53,6 +57,7 @@ def chunked_causal_lm_loss(
     labels: torch.Tensor,
     head: nn.Module,
     chunk_tokens: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy of ``head(hidden)`` against ``labels``, chunk by chunk.
 
@@ -62,6 +67,8 @@ def chunked_causal_lm_loss(
             does); ``-100`` marks positions without a loss.
         head: the output projection (``model.get_output_embeddings()``).
         chunk_tokens: tokens per chunk; default :func:`loss_chunk_tokens`.
+        softcap: final logit soft-capping ``cap * tanh(logits / cap)`` (Gemma 2's
+            ``config.final_logit_softcapping``); ``None`` for none.
 
     Returns:
         ``(loss, n_tokens)``: the mean over predicted tokens (0 with a zero gradient when every
@@ -94,9 +101,9 @@ def chunked_causal_lm_loss(
     for start in range(0, count, size):
         h, t = hidden[start : start + size], targets[start : start + size]
         if recompute:
-            part = checkpoint(_chunk_loss_sum, h, t, head, use_reentrant=False)
+            part = checkpoint(_chunk_loss_sum, h, t, head, softcap, use_reentrant=False)
         else:
-            part = _chunk_loss_sum(h, t, head)
+            part = _chunk_loss_sum(h, t, head, softcap)
         total = part if total is None else total + part
     return total / count, n_tokens
 
@@ -137,4 +144,5 @@ def causal_lm_forward_loss(
             f"{type(model).__name__}.forward did not call its decoder; set model.chunked_loss: "
             "false to use the model's own loss."
         )
-    return chunked_causal_lm_loss(captured["hidden"], labels, head, chunk_tokens)
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return chunked_causal_lm_loss(captured["hidden"], labels, head, chunk_tokens, softcap)

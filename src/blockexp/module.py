@@ -65,8 +65,8 @@ class BlockExpansionModule(L.LightningModule):
         seed: initialisation seed for inline (random) base models.
         trust_remote_code: allow custom modelling code from the hub (off by default).
         attn_implementation: ``auto`` (default when None: ``flash_attention_2`` when flash-attn is
-            installed and CUDA is available, else ``sdpa``), ``sdpa``, ``eager`` or
-            ``flash_attention_2``.
+            installed and CUDA is available, else ``sdpa``, or ``eager`` for a model class
+            without an SDPA path such as Gemma 2), ``sdpa``, ``eager`` or ``flash_attention_2``.
         validate_before_fit: run validation once before training (the "before" in the summary).
         precision_policy: ``full`` keeps every parameter in ``dtype``; ``lean`` stores frozen
             parameters in bf16 and trainable ones in fp32 and runs the model under bf16 autocast
@@ -138,10 +138,15 @@ class BlockExpansionModule(L.LightningModule):
             return
         hp = self.hparams
         from .attention import select_attn_implementation
+        from .checkpoint import load_config
 
-        expansion, self.base_info, self.base_config = loading.load_expanded(
-            hp, self.expander, select_attn_implementation(hp.attn_implementation)
-        )
+        attn = hp.attn_implementation
+        if attn in (None, "auto"):  # the model class decides between sdpa and eager
+            config = load_config(hp.base, trust_remote_code=hp.get("trust_remote_code", False))
+            attn = select_attn_implementation(attn, config)
+        else:
+            attn = select_attn_implementation(attn)
+        expansion, self.base_info, self.base_config = loading.load_expanded(hp, self.expander, attn)
         model = expansion.model
         if hp.get("gradient_checkpointing", False):
             if hasattr(model, "activation_checkpointing_enable"):
@@ -377,6 +382,7 @@ class BlockExpansionModule(L.LightningModule):
         ``weights_format``: ``safetensors`` or ``pytorch_bin`` (one ``pytorch_model.bin``, as
         TRACE's inference scripts read).
         """
+        from .portable import same_source
         from .tokenization import load_tokenizer
 
         spec = self.tokenizer_spec()
@@ -397,6 +403,8 @@ class BlockExpansionModule(L.LightningModule):
                 weights_format=weights_format,
                 keep_away=keep_away,
                 overwrite_hint="set --model.export_overwrite true",
+                base=self.hparams.base,
+                tokenizer_from_base=same_source(spec, self.hparams.base),
             )
         finally:
             self.model.config.use_cache = False

@@ -6,8 +6,9 @@ expanded model in RAM. This module writes the same expanded checkpoint while hol
 with the model:
 
 1. The base's ``config.json`` is read as plain JSON (no model is built and the transformers
-   modelling stack is not imported). The expander's :class:`~blockexp.layers.Plan` and the
-   architecture's :meth:`~blockexp.layers.ArchSpec.update_config` give the new config
+   modelling stack is not imported; torch is imported only to average or cast data). The
+   expander's :class:`~blockexp.layers.Plan` and the architecture's
+   :meth:`~blockexp.layers.ArchSpec.update_config` give the new config
    (``num_hidden_layers``, per-layer lists such as ``layer_types``; every other field is kept as
    written); the trainable parameter names and the parameter counts come from the plan and the
    safetensors headers, so the manifest is the one the in-memory path writes (tested).
@@ -27,7 +28,8 @@ with the model:
 Data is read with ordinary file reads (no ``mmap``), so the page cache holding the base does not
 count towards the process's resident memory. The output is a standard Hugging Face directory:
 shards named ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json`` (or one
-``model.safetensors``), ``config.json``, the base's tokenizer files and ``blockexp_manifest.json``,
+``model.safetensors``), ``config.json``, ``blockexp_manifest.json`` and the base's other files
+(tokenizer, ``generation_config.json``, chat template, README, ...: :mod:`blockexp.portable`),
 written inside :class:`~blockexp.checkpoint.atomic_output_dir`.
 
 Tied embeddings: when the config ties the LM head to the token embedding, only the embedding is
@@ -51,12 +53,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .checkpoint import atomic_output_dir, manifest_dict, write_manifest
 from .layers import Plan, TrainOptions, get_arch, trainable_parameter_names
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Expander(Protocol):
@@ -79,6 +82,7 @@ __all__ = [
     "TOKENIZER_FILES",
     "can_stream",
     "parse_size",
+    "plan_summary",
     "read_safetensors_header",
     "source_index",
     "stream_expand",
@@ -99,20 +103,39 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 
-# safetensors dtype names <-> torch dtypes.
-_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+
+class _DType(NamedTuple):
+    """A safetensors dtype as far as streaming needs it without torch: torch is imported only
+    to convert data (``mean`` tensors, ``--dtype`` casts); copied and zero tensors need sizes."""
+
+    torch_name: str
+    itemsize: int
+    is_floating_point: bool
+
+    def __str__(self) -> str:  # as a torch dtype prints: ``torch.bfloat16``
+        return f"torch.{self.torch_name}"
+
+    def to_torch(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.torch_name)
+
+
+# safetensors dtype names <-> torch dtypes (by name).
+_DTYPES: dict[str, _DType] = {
+    "F64": _DType("float64", 8, True),
+    "F32": _DType("float32", 4, True),
+    "F16": _DType("float16", 2, True),
+    "BF16": _DType("bfloat16", 2, True),
+    "I64": _DType("int64", 8, False),
+    "I32": _DType("int32", 4, False),
+    "I16": _DType("int16", 2, False),
+    "I8": _DType("int8", 1, False),
+    "U8": _DType("uint8", 1, False),
+    "BOOL": _DType("bool", 1, False),
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
+_BY_TORCH_NAME = {v.torch_name: v for v in _DTYPES.values()}
 
 
 class StreamingError(ValueError):
@@ -217,9 +240,11 @@ def _read_config(base: str | os.PathLike) -> SimpleNamespace:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise StreamingError(f"{path} is not valid JSON: {err}") from err
-    for key in ("model_type", "num_hidden_layers"):
-        if key not in data:
-            raise StreamingError(f"{path} has no '{key}'.")
+    if "model_type" not in data:
+        raise StreamingError(f"{path} has no 'model_type'.")
+    get_arch(data["model_type"])  # an unsupported architecture is refused before anything else
+    if "num_hidden_layers" not in data:
+        raise StreamingError(f"{path} has no 'num_hidden_layers'.")
     return SimpleNamespace(**data)
 
 
@@ -271,10 +296,10 @@ class _Shard:
     size: int = 0
 
 
-def _target_dtype(entry: SafetensorsEntry, dtype: torch.dtype | None) -> str:
+def _target_dtype(entry: SafetensorsEntry, dtype: torch.dtype | _DType | None) -> str:
     if dtype is None or not _DTYPES[entry.dtype].is_floating_point:
         return entry.dtype
-    return _NAMES[dtype]
+    return _NAMES[_BY_TORCH_NAME[str(dtype).removeprefix("torch.")]]
 
 
 def _build_outputs(
@@ -384,8 +409,11 @@ def _write_tensor(out: _Output, dst, reader: _Reader, chunk_bytes: int) -> None:
     if out.op == "copy" and src_dtype == dst_dtype:
         _copy_range(reader.fd(src.file), src.start, dst, src.nbytes)
         return
-    step = max(1, chunk_bytes // 4)  # elements per chunk (float32 accumulator)
+    import torch  # only here: averaging and casting convert the data
+
     itemsize = src_dtype.itemsize
+    src_dtype, dst_dtype = src_dtype.to_torch(), dst_dtype.to_torch()
+    step = max(1, chunk_bytes // 4)  # elements per chunk (float32 accumulator)
     for first in range(0, numel, step):
         count = min(step, numel - first)
         views = [
@@ -431,6 +459,65 @@ def _copy_range(src_fd: int, offset: int, dst, n: int) -> None:
         left -= len(data)
 
 
+def _tied_drop(config: SimpleNamespace, arch, entries: dict[str, SafetensorsEntry]) -> set[str]:
+    """Tensors not written: the LM head when the config ties it to a stored embedding."""
+    drop = set()
+    if getattr(config, "tie_word_embeddings", False):
+        embed = ".".join(arch.embed_path) + ".weight"
+        head = ".".join(arch.lm_head_path) + ".weight"
+        if embed in entries:
+            drop.add(head)
+    return drop
+
+
+def plan_summary(base: str | os.PathLike, expander: Expander) -> dict[str, Any]:
+    """What :func:`blockexp.expanders.dry_run.plan_summary` reports (the same keys and numbers),
+    for an expansion :func:`can_stream` accepts: from config.json and the safetensors headers,
+    exactly as :func:`write_expanded` would count what it writes. No torch, no model.
+
+    Raises:
+        StreamingError: if ``expander`` on ``base`` cannot be streamed.
+    """
+    base = str(Path(base).expanduser())
+    reason = can_stream(expander, base)
+    if reason is not None:
+        raise StreamingError(f"Cannot stream: {reason}.")
+    config = _read_config(base)
+    arch = get_arch(config.model_type)
+    base_layers = int(config.num_hidden_layers)
+    plan = expander.plan(base_layers)
+    entries = source_index(base)
+    drop = _tied_drop(config, arch, entries)
+    outputs = _build_outputs(entries, plan, arch, drop, None)
+    # As write_expanded counts for the manifest.
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    names = (out.name for out in outputs)
+    trainable = trainable_parameter_names(
+        arch, names, plan.trainable_layers, expander.train_options, tied
+    )
+    numel = {out.name: math.prod(out.shape) for out in outputs}
+    return {
+        "model_type": config.model_type,
+        "strategy": type(expander).__name__,
+        "expander": expander.config(),
+        "base_num_layers": base_layers,
+        "base_params": sum(math.prod(e.shape) for name, e in entries.items() if name not in drop),
+        "num_layers": plan.num_layers,
+        "total_params": sum(numel.values()),
+        "trainable_params": sum(numel[name] for name in trainable),
+        "layers": [
+            {
+                "index": s.index,
+                "source": list(s.source),
+                "init": s.init,
+                "zero_out": s.zero_out,
+                "trainable": s.trainable,
+            }
+            for s in plan.layers
+        ],
+    }
+
+
 def write_expanded(
     base: str | os.PathLike,
     dest: str | os.PathLike,
@@ -473,15 +560,11 @@ def write_expanded(
     base_layers = int(config.num_hidden_layers)
     plan = expander.plan(base_layers)
 
-    target = resolve_dtype(dtype)
-    target = target if isinstance(target, torch.dtype) else None
+    target = None  # keep each tensor's dtype; otherwise a torch dtype (torch is imported to cast)
+    if dtype is not None and not (isinstance(dtype, str) and dtype == "auto"):
+        target = resolve_dtype(dtype)
     entries = source_index(base)
-    drop = set()
-    if getattr(config, "tie_word_embeddings", False):
-        embed = ".".join(arch.embed_path) + ".weight"
-        head = ".".join(arch.lm_head_path) + ".weight"
-        if embed in entries:
-            drop.add(head)
+    drop = _tied_drop(config, arch, entries)
     outputs = _build_outputs(entries, plan, arch, drop, target)
     shards = _shard(outputs, parse_size(max_shard_size))
     total = sum(s.size for s in shards)
@@ -555,7 +638,8 @@ def stream_expand(
     trust_remote_code: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Expand a local checkpoint on disk, atomically: weights, config, tokenizer and manifest.
+    """Expand a local checkpoint on disk, atomically: weights, config, manifest and every other
+    file of the base directory but its weights (:func:`blockexp.portable.carry_base_files`).
 
     Peak memory is about ``chunk_bytes`` (times a few for ``mean`` tensors) plus the Python
     process, whatever the model size. Refuses to write into or over the base directory.
@@ -568,7 +652,11 @@ def stream_expand(
         manifest = write_expanded(
             base, tmp, expander, dtype, max_shard_size, chunk_bytes, trust_remote_code, progress
         )
-        copy_tokenizer_files(base, tmp)
+        from .portable import finish_output
+
+        # The base's other files (tokenizer, generation config, chat template, README, ...),
+        # and configs that transformers 4.x reads as 5.x does (blockexp.portable).
+        finish_output(tmp, base)
     return manifest
 
 

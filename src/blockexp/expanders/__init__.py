@@ -7,6 +7,7 @@ when ``blockexp.expanders`` is imported; registered strategies are attributes of
 
 import importlib
 import pkgutil
+import sys
 
 from .._compat import moved
 from .base import (
@@ -20,8 +21,27 @@ from .base import (
 )
 from .llama_pro import LlamaPro
 
+# Modules that need torch as soon as they are imported (MoE defines ``nn.Module`` classes), with
+# the strategies they register. The ``python -m blockexp`` process defers them
+# (``blockexp._defer_torch_strategies``, set by ``__main__``): ``plan`` and ``expand`` naming
+# another strategy then start without torch, and :func:`import_all` registers them when a command
+# needs them (or one of these names is looked up here). Every other import registers all.
+_TORCH_MODULES = {"moe": ("MoEExpansion",)}
+_DEFERRED = [
+    name
+    for name in _TORCH_MODULES
+    if getattr(sys.modules.get("blockexp"), "_defer_torch_strategies", False)
+]
+
 for _info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_info.name}")
+    if _info.name not in _DEFERRED:
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+
+def import_all() -> None:
+    """Register every strategy of this package (imports the modules :data:`_DEFERRED` left)."""
+    while _DEFERRED:
+        importlib.import_module(f"{__name__}.{_DEFERRED.pop(0)}")
 
 
 _moved = moved(
@@ -34,6 +54,9 @@ def __getattr__(name: str):
     try:
         return get_expander(name)
     except KeyError:
+        if any(name in _TORCH_MODULES[module] for module in _DEFERRED):
+            import_all()
+            return __getattr__(name)
         return _moved(name)
 
 

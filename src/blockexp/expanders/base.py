@@ -16,16 +16,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torch import nn
+from .._lazy import lazy_attr, lazy_module
+from ..layers import ArchSpec, Plan, TrainOptions, get_arch, trainable_parameter_names
 
-from ..layers import (
-    ArchSpec,
-    Plan,
-    TrainOptions,
-    apply_plan,
-    get_arch,
-    trainable_parameter_names,
-)
+# torch (and in-memory surgery, which imports it) is loaded when a model is expanded, not when a
+# strategy is defined or configured: `plan` and streaming `expand` run without it.
+nn = lazy_module("torch.nn")
+apply_plan = lazy_attr("blockexp.layers.surgery", "apply_plan")
 
 __all__ = [
     "Expander",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
+from .._lazy import lazy_module
 from .base import Expander
+
+torch = lazy_module("torch")  # imported when a plan is made, not when the strategies register
 
 __all__ = ["plan_summary"]
 

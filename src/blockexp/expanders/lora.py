@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import copy
 
-from torch import nn
-
+from .._lazy import lazy_module
 from ..layers.arch import get_arch
 from .base import Expander, ExpanderConfigError, Expansion, register_expander
+
+nn = lazy_module("torch.nn")  # imported when a model is adapted, not when the strategy is
 
 __all__ = ["LoRA"]
 

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import ArchSpec, get_arch, zero_linears
+from ..layers import ArchSpec, get_arch
 from .base import (
     Expander,
     ExpanderConfigError,
@@ -206,7 +206,7 @@ class MoEExpansion(Expander):
             experts = nn.ModuleList()
             for _ in range(self.num_experts):
                 expert = _deepcopy(original)
-                zero_linears(arch.mlp_residual_linears(expert))
+                _zero(arch.mlp_residual_tensors(expert))
                 experts.append(expert)
             router = nn.Linear(
                 hidden, self.num_experts + 1, bias=False, device=ref.device, dtype=ref.dtype
@@ -239,6 +239,13 @@ def _deepcopy(module: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(module)
+
+
+@torch.no_grad()
+def _zero(tensors: list[torch.Tensor]) -> None:
+    for tensor in tensors:
+        if not tensor.is_meta:
+            tensor.zero_()
 
 
 class MoEExport(nn.Module):

@@ -13,7 +13,18 @@ from .arch import (
 )
 from .plan import Init, LayerSpec, Plan, PlanError
 from .selection import TrainOptions, trainable_parameter_names
-from .surgery import apply_plan, average_layers, zero_linears, zero_residual_writers
+
+# In-memory surgery needs torch when imported: loaded on first use (planning and streaming do not).
+_SURGERY = ("apply_plan", "average_layers", "zero_linears", "zero_residual_writers")
+
+
+def __getattr__(name: str):
+    if name in _SURGERY:
+        from . import surgery
+
+        return getattr(surgery, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ArchSpec",

@@ -1,28 +1,46 @@
 """Per-architecture structure: decoder layers, residual writers and per-layer config fields.
 
 Layers are found by *structure*: each supported ``model_type`` names the attribute path of its
-decoder-layer ``ModuleList`` and, inside one decoder layer, the attribute paths of the two linear
-maps that write into the residual stream (attention output and FFN output). Nothing here matches
-parameter names by substring; on-disk tensor names are parsed with an exact prefix
-(``model.layers.<i>.``) derived from the same attribute path.
+decoder-layer ``ModuleList`` and, inside one decoder layer, the attribute paths of the modules or
+parameters that write into the residual stream (attention output and FFN output; for a sparse
+MoE FFN every expert's down projection, plus the shared expert and its gate). Nothing here
+matches parameter names by substring; on-disk tensor names are parsed with an exact prefix
+(``model.layers.<i>.``) derived from the same attribute path, and on-disk residual writers are
+matched in full against the spec's checkpoint paths (``*`` standing for an expert index).
 
-Supported (``transformers`` 5.x): ``llama``, ``mistral`` (global ``sliding_window``, nothing per
-layer) and ``qwen2`` (q/k/v biases; per-layer ``layer_types`` derived from ``use_sliding_window``,
-``sliding_window`` and ``max_window_layers``). When the depth changes,
-:meth:`ArchSpec.update_config` rewrites every per-layer field so that each new layer keeps the
-attention type of its first source layer and the count-style boundary (``max_window_layers``)
-still separates the same layers.
+Supported (``transformers`` 5.x), each one entry at the bottom of this module and one row of the
+architecture matrix in ``tests/test_arch.py``:
+
+* ``llama`` (incl. Llama-3.x rope scaling and tied embeddings), ``mistral`` (global
+  ``sliding_window``), ``qwen2`` and ``qwen3`` (per-layer ``layer_types`` and the count-style
+  boundary ``max_window_layers``; Qwen3's q/k norms), ``phi3`` (fused ``qkv_proj`` and
+  ``gate_up_proj``; the residual writers are still ``o_proj`` and ``down_proj``);
+* ``gemma``, ``gemma2``, ``gemma3_text`` ((1 + w) RMSNorm; Gemma 2/3 add a norm *after* the
+  attention and the FFN, which maps a zero output to zero, so zeroing the writers still gives an
+  exact identity; per-layer ``layer_types`` for sliding/global attention);
+* ``olmo2`` (post-norm blocks: ``x + norm(attn(x))``; again zero in, zero out);
+* ``mixtral``, ``qwen2_moe``, ``qwen3_moe`` (sparse MoE FFNs: every expert's down projection,
+  fused into one 3-D parameter in memory and stored per expert on disk; Qwen2-MoE's shared
+  expert and its sigmoid gate; the router is copied with the block. Qwen-MoE's dense layers,
+  ``mlp_only_layers`` and ``decoder_sparse_step``, are rewritten as an explicit list).
+
+When the depth changes, :meth:`ArchSpec.update_config` rewrites every per-layer field so that
+each new layer keeps the attention type (and dense/sparse FFN) of its first source layer and the
+count-style boundary (``max_window_layers``) still separates the same layers.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
+from .._lazy import lazy_module
 from .plan import PlanError
+
+torch = lazy_module("torch")  # imported on first use: planning and streaming do without
+nn = lazy_module("torch.nn")
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -47,9 +65,19 @@ class ArchSpec:
     Attributes:
         model_type: ``config.model_type`` this spec applies to.
         layers_path: attribute path from the ``*ForCausalLM`` module to the decoder ``ModuleList``.
-        residual_writers: attribute paths, inside one decoder layer, of the ``nn.Linear`` modules
-            whose outputs are added to the residual stream. Zeroing them (weight and bias) turns a
-            pre-norm block into an exact identity.
+        residual_writers: attribute paths, inside one (dense) decoder layer, of what writes into
+            the residual stream: an ``nn.Linear`` (weight and bias are zeroed) or a parameter.
+            Zeroing them turns the block into an exact identity (pre-norm blocks, and blocks
+            whose norms sit after the writer, since an RMSNorm maps zero to zero).
+        moe_residual_writers: the same for a decoder layer whose FFN is sparse (it has
+            :attr:`experts_path`): every expert's down projection (one fused 3-D parameter in
+            ``transformers`` 5), a shared expert's down projection and its gate.
+        experts_path: attribute path, inside one decoder layer, of the experts module; a layer
+            that has it is sparse (Qwen-MoE mixes dense and sparse layers).
+        checkpoint_residual_writers: the residual writers as checkpoint tensor paths inside one
+            layer (``*`` matches an expert index), when the files name them differently from
+            the modules (Mixtral's ``block_sparse_moe.experts.<e>.w2``). Default: the module
+            paths. A tensor matches ``<path>.weight``, ``<path>.bias`` or ``<path>`` itself.
         layer_norms: attribute paths, inside one decoder layer, of its normalisation modules.
         final_norm_path: attribute path from the causal LM to the final norm.
         embed_path: attribute path from the causal LM to the token embedding.
@@ -61,11 +89,19 @@ class ArchSpec:
         layer_count_boundaries: config attributes that hold a layer *count* splitting the stack
             in two (Qwen2's ``max_window_layers``: layers ``>=`` it use sliding attention). After
             surgery each becomes the number of new layers whose first source lay below it.
+        dense_layers_list: config attribute listing the indices of dense-FFN layers in a sparse
+            model (Qwen-MoE's ``mlp_only_layers``); remapped to the new indices.
+        sparse_step: config attribute making layer ``i`` sparse iff ``(i + 1) % step == 0``
+            (Qwen-MoE's ``decoder_sparse_step``). A plan breaks that pattern, so after surgery it
+            is ``1`` and every dense layer is listed in :attr:`dense_layers_list`.
     """
 
     model_type: str
     layers_path: tuple[str, ...] = ("model", "layers")
     residual_writers: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")
+    moe_residual_writers: tuple[str, ...] = ()
+    experts_path: str = "mlp.experts"
+    checkpoint_residual_writers: tuple[str, ...] | None = None
     layer_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     final_norm_path: tuple[str, ...] = ("model", "norm")
     embed_path: tuple[str, ...] = ("model", "embed_tokens")
@@ -74,6 +110,8 @@ class ArchSpec:
     mlp_path: str = "mlp"
     per_layer_config_lists: tuple[str, ...] = ("layer_types",)
     layer_count_boundaries: tuple[str, ...] = ()
+    dense_layers_list: str | None = None
+    sparse_step: str | None = None
 
     # -- in-memory access -------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -91,10 +129,31 @@ class ArchSpec:
         parent = _get_path(model, self.layers_path[:-1], self.model_type)
         setattr(parent, self.layers_path[-1], layers)
 
+    def is_sparse(self, layer: nn.Module) -> bool:
+        """Whether a decoder layer's FFN is a sparse MoE block (it has :attr:`experts_path`)."""
+        if not self.moe_residual_writers:
+            return False
+        module = layer
+        for attr in self.experts_path.split("."):
+            module = getattr(module, attr, None)
+            if module is None:
+                return False
+        return True
+
+    def layer_residual_writers(self, layer: nn.Module) -> tuple[str, ...]:
+        """The residual-writer paths of this decoder layer (dense or sparse)."""
+        return self.moe_residual_writers if self.is_sparse(layer) else self.residual_writers
+
+    def residual_tensors(self, layer: nn.Module) -> list[torch.Tensor]:
+        """The parameters of one decoder layer that write into the residual stream (weights and
+        biases of the writer linears, fused expert parameters)."""
+        return self._writer_tensors(layer, self.layer_residual_writers(layer))
+
     def residual_linears(self, layer: nn.Module) -> list[nn.Linear]:
-        """The linear maps of one decoder layer that write into the residual stream."""
+        """The residual writers of a dense decoder layer as ``nn.Linear`` modules (refuses a
+        writer that is a bare parameter, e.g. fused MoE experts: use :meth:`residual_tensors`)."""
         out = []
-        for path in self.residual_writers:
+        for path in self.layer_residual_writers(layer):
             module = _get_path(layer, tuple(path.split(".")), self.model_type)
             if not isinstance(module, nn.Linear):
                 raise UnsupportedArchitectureError(
@@ -104,23 +163,46 @@ class ArchSpec:
             out.append(module)
         return out
 
+    def _writer_tensors(self, root: nn.Module, paths: tuple[str, ...]) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        for path in paths:
+            found = _get_path(root, tuple(path.split(".")), self.model_type)
+            if isinstance(found, torch.Tensor):
+                out.append(found)
+            elif isinstance(found, nn.Module) and isinstance(
+                getattr(found, "weight", None), torch.Tensor
+            ):
+                out.append(found.weight)
+                if isinstance(getattr(found, "bias", None), torch.Tensor):
+                    out.append(found.bias)
+            else:
+                raise UnsupportedArchitectureError(
+                    f"{self.model_type}: residual writer '{path}' of a decoder layer is a "
+                    f"{type(found).__name__}, neither a parameter nor a module with a weight."
+                )
+        return out
+
     def mlp(self, layer: nn.Module) -> nn.Module:
         """The feed-forward module of one decoder layer."""
         return _get_path(layer, tuple(self.mlp_path.split(".")), self.model_type)
 
     @property
     def mlp_residual_writers(self) -> tuple[str, ...]:
-        """Attribute paths, inside the feed-forward module, of its residual writers
+        """Attribute paths, inside a dense feed-forward module, of its residual writers
         (``down_proj`` for Llama): the residual writers that lie under :attr:`mlp_path`."""
-        prefix = self.mlp_path + "."
-        return tuple(w[len(prefix) :] for w in self.residual_writers if w.startswith(prefix))
+        return self._under_mlp(self.residual_writers)
 
-    def mlp_residual_linears(self, mlp: nn.Module) -> list[nn.Linear]:
-        """The linear maps of a feed-forward module (or a copy of one) that write into the
-        residual stream."""
-        return [
-            _get_path(mlp, tuple(p.split(".")), self.model_type) for p in self.mlp_residual_writers
-        ]
+    def _under_mlp(self, writers: tuple[str, ...]) -> tuple[str, ...]:
+        prefix = self.mlp_path + "."
+        return tuple(w[len(prefix) :] for w in writers if w.startswith(prefix))
+
+    def mlp_residual_tensors(self, mlp: nn.Module) -> list[torch.Tensor]:
+        """The parameters of a feed-forward module (or a copy of one) that write into the
+        residual stream; a sparse MoE block gives its experts' (and shared expert's) writers."""
+        experts = self._under_mlp((self.experts_path,))
+        sparse = bool(self.moe_residual_writers and experts and hasattr(mlp, experts[0]))
+        writers = self._under_mlp(self.moe_residual_writers if sparse else self.residual_writers)
+        return self._writer_tensors(mlp, writers)
 
     def norms(self, layer: nn.Module) -> list[nn.Module]:
         """Normalisation modules of one decoder layer."""
@@ -173,11 +255,36 @@ class ArchSpec:
             boundary = getattr(config, name, None)
             if isinstance(boundary, int) and not isinstance(boundary, bool):
                 setattr(config, name, sum(1 for s in plan.layers if s.source[0] < boundary))
+        if self.dense_layers_list is not None:
+            dense = self.dense_layers(config, plan.base_num_layers)
+            if dense is not None:
+                setattr(
+                    config,
+                    self.dense_layers_list,
+                    [s.index for s in plan.layers if s.source[0] in dense],
+                )
+                if self.sparse_step is not None and hasattr(config, self.sparse_step):
+                    setattr(config, self.sparse_step, 1)
         config.num_hidden_layers = plan.num_layers
+
+    def dense_layers(self, config: Any, num_layers: int) -> set[int] | None:
+        """Indices of the base's dense-FFN layers in a sparse model (``None`` if the config
+        has no :attr:`dense_layers_list`)."""
+        if self.dense_layers_list is None or not hasattr(config, self.dense_layers_list):
+            return None
+        listed = {int(i) for i in getattr(config, self.dense_layers_list) or ()}
+        step = int(getattr(config, self.sparse_step, 1) or 1) if self.sparse_step else 1
+        return {i for i in range(num_layers) if i in listed or (i + 1) % step != 0}
 
     def config_snapshot(self, config: Any) -> dict[str, Any]:
         """The depth-dependent config fields, to restore after a temporary change."""
-        names = ("num_hidden_layers", *self.per_layer_config_lists, *self.layer_count_boundaries)
+        names = (
+            "num_hidden_layers",
+            *self.per_layer_config_lists,
+            *self.layer_count_boundaries,
+            *((self.dense_layers_list,) if self.dense_layers_list else ()),
+            *((self.sparse_step,) if self.sparse_step else ()),
+        )
         out = {}
         for name in names:
             if hasattr(config, name):
@@ -199,9 +306,17 @@ class ArchSpec:
         return int(match.group(1)), match.group(2)
 
     def is_residual_writer_param(self, rest: str) -> bool:
-        """Whether a within-layer tensor name (``self_attn.o_proj.weight``) is a residual writer."""
-        module_path, _, param = rest.rpartition(".")
-        return module_path in self.residual_writers and param in ("weight", "bias")
+        """Whether a within-layer checkpoint tensor name (``self_attn.o_proj.weight``,
+        ``block_sparse_moe.experts.3.w2.weight``) is a residual writer."""
+        return self._checkpoint_writer_pattern.fullmatch(rest) is not None
+
+    @cached_property
+    def _checkpoint_writer_pattern(self) -> re.Pattern[str]:
+        paths = self.checkpoint_residual_writers
+        if paths is None:
+            paths = (*self.residual_writers, *self.moe_residual_writers)
+        alternatives = [re.escape(p).replace(r"\*", r"\d+") for p in paths]
+        return re.compile(r"(?:" + "|".join(alternatives) + r")(?:\.weight|\.bias)?")
 
 
 def _get_path(root: nn.Module, path: tuple[str, ...], model_type: str) -> nn.Module:
@@ -253,9 +368,109 @@ def get_arch(config_or_model_type) -> ArchSpec:
 
 
 # Llama-family layout: pre-norm blocks, bias-free o_proj/down_proj (biases handled if present).
+# Llama-3.x rope scaling lives in the config and tied embeddings in the LM head: nothing per layer.
 register_arch(ArchSpec("llama"))
 # Mistral: the Llama layout; its sliding window is one global setting (no per-layer field).
 register_arch(ArchSpec("mistral"))
 # Qwen2: the Llama layout with q/k/v biases (o_proj has none); per-layer ``layer_types`` and the
 # full/sliding boundary ``max_window_layers``.
 register_arch(ArchSpec("qwen2", layer_count_boundaries=("max_window_layers",)))
+# Qwen3: Qwen2's config fields, no q/k/v biases, per-head q/k RMSNorms inside attention.
+register_arch(
+    ArchSpec(
+        "qwen3",
+        layer_norms=(
+            "input_layernorm",
+            "post_attention_layernorm",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+        ),
+        layer_count_boundaries=("max_window_layers",),
+    )
+)
+# Phi-3: fused qkv_proj and gate_up_proj; the writers are o_proj and down_proj as in Llama.
+register_arch(ArchSpec("phi3"))
+# Gemma: the Llama layout with (1 + w) RMSNorm and scaled embeddings (both outside the writers).
+register_arch(ArchSpec("gemma"))
+_GEMMA2_NORMS = (
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
+# Gemma 2: norms after attention and FFN too (RMSNorm(0) = 0, so zeroed writers still give an
+# identity); alternating sliding/global attention in ``layer_types``.
+register_arch(ArchSpec("gemma2", layer_norms=_GEMMA2_NORMS))
+# Gemma 3 text models: Gemma 2's layout plus q/k norms; ``layer_types`` (its rope per type).
+register_arch(
+    ArchSpec("gemma3_text", layer_norms=(*_GEMMA2_NORMS, "self_attn.q_norm", "self_attn.k_norm"))
+)
+# OLMo 2: post-norm blocks, x + norm(attn(x)) and x + norm(mlp(x)); q/k norms over all heads.
+register_arch(
+    ArchSpec(
+        "olmo2",
+        layer_norms=(
+            "post_attention_layernorm",
+            "post_feedforward_layernorm",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+        ),
+    )
+)
+# Mixtral: every layer sparse. In memory (transformers 5) the experts' down projections are one
+# 3-D parameter ``mlp.experts.down_proj``; checkpoints store ``block_sparse_moe.experts.<e>.w2``.
+register_arch(
+    ArchSpec(
+        "mixtral",
+        moe_residual_writers=("self_attn.o_proj", "mlp.experts.down_proj"),
+        checkpoint_residual_writers=(
+            "self_attn.o_proj",
+            "block_sparse_moe.experts.*.w2",
+            "mlp.experts.down_proj",
+        ),
+    )
+)
+_QWEN_MOE_CHECKPOINT_WRITERS = (
+    "self_attn.o_proj",
+    "mlp.down_proj",
+    "mlp.experts.*.down_proj",
+    "mlp.experts.down_proj",
+)
+# Qwen2-MoE: experts plus a shared expert whose output is scaled by sigmoid(shared_expert_gate);
+# the dense layers (``mlp_only_layers``, ``decoder_sparse_step``) are plain MLPs.
+register_arch(
+    ArchSpec(
+        "qwen2_moe",
+        moe_residual_writers=(
+            "self_attn.o_proj",
+            "mlp.experts.down_proj",
+            "mlp.shared_expert.down_proj",
+            "mlp.shared_expert_gate",
+        ),
+        checkpoint_residual_writers=(
+            *_QWEN_MOE_CHECKPOINT_WRITERS,
+            "mlp.shared_expert.down_proj",
+            "mlp.shared_expert_gate",
+        ),
+        layer_count_boundaries=("max_window_layers",),
+        dense_layers_list="mlp_only_layers",
+        sparse_step="decoder_sparse_step",
+    )
+)
+# Qwen3-MoE: Qwen3 attention (q/k norms), experts without a shared expert, dense layers as above.
+register_arch(
+    ArchSpec(
+        "qwen3_moe",
+        moe_residual_writers=("self_attn.o_proj", "mlp.experts.down_proj"),
+        checkpoint_residual_writers=_QWEN_MOE_CHECKPOINT_WRITERS,
+        layer_norms=(
+            "input_layernorm",
+            "post_attention_layernorm",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+        ),
+        layer_count_boundaries=("max_window_layers",),
+        dense_layers_list="mlp_only_layers",
+        sparse_step="decoder_sparse_step",
+    )
+)

@@ -22,9 +22,12 @@ def zero_linears(linears: list[nn.Linear]) -> None:
             linear.bias.zero_()
 
 
+@torch.no_grad()
 def zero_residual_writers(layer: nn.Module, arch: ArchSpec) -> None:
-    """Zero the weights and biases of the linear maps that write into the residual stream."""
-    zero_linears(arch.residual_linears(layer))
+    """Zero what writes into the residual stream: the weights and biases of the writer linears
+    and, in a sparse MoE layer, every expert's (and the shared expert's) down projection."""
+    for tensor in arch.residual_tensors(layer):
+        tensor.zero_()
 
 
 @torch.no_grad()
@@ -35,6 +38,14 @@ def average_layers(layers: list[nn.Module]) -> nn.Module:
     """
     result = copy.deepcopy(layers[0])
     others = [dict(layer.named_parameters()) for layer in layers[1:]]
+    names = {name: tuple(p.shape) for name, p in result.named_parameters()}
+    for i, other in enumerate(others, 1):
+        if {name: tuple(p.shape) for name, p in other.items()} != names:
+            raise PlanError(
+                "Cannot average layers of different structure (e.g. a dense and a sparse MoE "
+                f"layer): layer {i} of the group has other parameters than the first. Use "
+                "init='copy' or a plan whose averaged neighbours have the same structure."
+            )
     for name, param in result.named_parameters():
         if param.is_meta:
             continue

@@ -96,6 +96,12 @@ def choice_docs(
     if len(pool) < num_choices:
         raise ValueError(f"choice: need at least {num_choices} usable sentences, got {len(pool)}")
     endings_pool = [ending for _, ending in pool]
+    distinct = len(set(endings_pool))
+    if distinct < num_choices:
+        raise ValueError(
+            f"choice: need at least {num_choices} different endings to draw distractors from, "
+            f"got {distinct} (the text repeats itself); give more varied text."
+        )
     docs = []
     for ctx, ending in pool:
         others = set()

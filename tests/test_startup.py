@@ -1,0 +1,188 @@
+"""Start-up of ``python -m blockexp``: what each command imports (structure, not timing).
+
+``--help``, ``plan`` and streaming ``expand`` must not import Lightning, and neither torch nor
+transformers' modelling code (``benchmarks/startup.py`` times them); every offline command is
+Lightning-free.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blockexp import streaming
+from blockexp.expanders import LlamaPro, PrefixStack, SLayer
+from blockexp.expanders.dry_run import plan_summary
+from tests.conftest import ARCH_CONFIGS, make_arch_model
+
+REPO = Path(__file__).resolve().parents[1]
+LIGHTNING = {"lightning", "pytorch_lightning", "lightning_fabric"}
+MODEL_STACK = {"torch", "transformers"}
+
+
+def imported(*args: str) -> set[str]:
+    """Top-level packages imported by ``python -X importtime -m blockexp *args`` (which must
+    succeed)."""
+    cmd = [sys.executable, "-X", "importtime", "-m", "blockexp", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_llama_dir):
+    """A local safetensors checkpoint and a plan config for it."""
+    config = tmp_path / "plan.yaml"
+    config.write_text(
+        f"base: {tiny_llama_dir}\n"
+        "expander:\n  class_path: LlamaPro\n  init_args:\n    num_groups: 2\n"
+    )
+    return tiny_llama_dir, config
+
+
+def test_help_plan_and_streaming_expand_import_neither_lightning_nor_torch(checkpoint, tmp_path):
+    base, config = checkpoint
+    runs = {
+        "--help": imported("--help"),
+        "plan": imported("plan", "--json", "--config", str(config)),
+        "expand": imported(
+            "expand",
+            "--base",
+            str(base),
+            "--out",
+            str(tmp_path / "out"),
+            "--expander",
+            "LlamaPro",
+            "--expander.num_groups",
+            "2",
+        ),
+    }
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    for name, modules in runs.items():
+        assert not modules & LIGHTNING, (name, sorted(modules & LIGHTNING))
+        assert not modules & MODEL_STACK, (
+            f"`python -m blockexp {name}` imports {sorted(modules & MODEL_STACK)}: something on "
+            "its path imports torch or transformers at module level (use blockexp._lazy or an "
+            "import inside the function that needs it)"
+        )
+
+
+@pytest.mark.parametrize("command", ["importance", "eval", "export", "expand"])
+def test_offline_commands_do_not_import_lightning(command):
+    assert not imported(command, "--help") & LIGHTNING
+
+
+def test_plan_from_config_alone_builds_the_model_without_lightning(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(ARCH_CONFIGS["llama"]))
+    modules = imported(
+        "plan", "--base", str(tmp_path), "--expander", "LlamaPro", "--expander.num_groups", "2"
+    )
+    assert not modules & LIGHTNING
+    assert "torch" in modules  # the meta-device model: no safetensors headers to read
+
+
+@pytest.mark.parametrize("config", [None, "class_path"], ids=["argv", "config_file"])
+def test_cli_registers_deferred_strategies_when_named(tmp_path, config):
+    """``python -m blockexp`` defers strategies that import torch; naming one still works."""
+    (tmp_path / "config.json").write_text(json.dumps(ARCH_CONFIGS["llama"]))
+    args = ["plan", "--base", str(tmp_path), "--json"]
+    if config is None:
+        args += ["--expander", "MoEExpansion"]
+    else:
+        (tmp_path / "plan.yaml").write_text("expander:\n  class_path: MoEExpansion\n")
+        args += ["--config", str(tmp_path / "plan.yaml")]
+    result = subprocess.run(
+        [sys.executable, "-m", "blockexp", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["strategy"] == "MoEExpansion"
+
+
+def test_deferred_modules_list_their_strategies():
+    import blockexp.expanders as expanders
+    from blockexp.expanders.base import _REGISTRY
+
+    for module, names in expanders._TORCH_MODULES.items():
+        registered = {n for n, c in _REGISTRY.items() if c.__module__.endswith(f".{module}")}
+        assert registered == set(names), (module, registered)
+
+
+def test_which_commands_need_every_strategy(monkeypatch):
+    import blockexp.expanders as expanders
+    from blockexp.cli import _needs_every_strategy
+
+    # As in ``python -m blockexp`` before MoE is registered.
+    names = [n for n in expanders.expander_names() if n != "MoEExpansion"]
+    monkeypatch.setattr(expanders, "expander_names", lambda: names)
+    light = ["plan", "--base", "x", "--expander", "LlamaPro", "--expander.num_groups", "2"]
+    assert not _needs_every_strategy("plan", light)
+    assert not _needs_every_strategy("expand", ["expand", "--expander=SLayer"])
+    assert not _needs_every_strategy("plan", ["plan", "--expander.class_path", "my.Strategy"])
+    assert not _needs_every_strategy(
+        "plan", ["plan", "--expander", "blockexp.expanders.llama_pro.LlamaPro"]
+    )
+    for argv in (
+        ["plan", "--expander", "MoEExpansion"],
+        ["plan", "--expander", "blockexp.expanders.moe.MoEExpansion"],
+        ["plan", "--expander", '{"class_path": "LlamaPro"}'],
+        ["plan", "--expander", "LlamaPro", "--help"],
+        ["plan", "--base", "x"],
+        ["plan", "--config", "missing.yaml", "--expander", "LlamaPro"],
+    ):
+        assert _needs_every_strategy("plan", argv), argv
+    assert _needs_every_strategy("export", ["export", "--ckpt", "x"])
+
+
+def test_lazy_public_names():
+    code = (
+        "import sys, blockexp; assert 'torch' not in sys.modules; "
+        "import blockexp.cli as cli; "
+        "assert not {m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning'}; "
+        "from blockexp import LlamaPro, Plan, Expander; from blockexp.layers import apply_plan; "
+        "from blockexp.cli import BlockexpCLI, expand_config_defaults; "
+        "assert BlockexpCLI.__module__ == 'blockexp.training_cli'; print(LlamaPro.__name__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "LlamaPro"
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCH_CONFIGS))
+def test_plan_from_safetensors_headers_equals_the_meta_model(tmp_path, model_type):
+    """``plan`` on a local checkpoint reads the headers (no torch): same numbers as the model."""
+    make_arch_model(model_type).save_pretrained(tmp_path)
+    expanders = [
+        LlamaPro(num_groups=2, train_embeddings=True, train_lm_head=True),
+        SLayer(num_deleted=0),
+        PrefixStack(num_blocks=1, train_norms=True),
+    ]
+    for expander in expanders:
+        assert streaming.can_stream(expander, tmp_path) is None
+        assert streaming.plan_summary(tmp_path, expander) == plan_summary(
+            str(tmp_path), expander
+        ), (model_type, expander)
+
+
+def test_plan_counts_are_what_expand_writes(tiny_llama_dir, tmp_path):
+    expander = SLayer(num_deleted=0, train_norms=True)
+    summary = streaming.plan_summary(tiny_llama_dir, expander)
+    manifest = streaming.stream_expand(tiny_llama_dir, tmp_path / "out", expander)
+    for key in ("base_num_layers", "base_params", "num_layers", "total_params"):
+        assert summary[key] == manifest[key], key
+    assert summary["trainable_params"] == manifest["trainable_params"]
+    with pytest.raises(streaming.StreamingError, match="Cannot stream"):
+        streaming.plan_summary(tmp_path / "missing", expander)
