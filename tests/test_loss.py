@@ -80,10 +80,35 @@ def test_shape_mismatch_and_chunk_size_rule():
     head = torch.nn.Linear(4, 10)
     with pytest.raises(ValueError, match=r"disagree on \[batch, seq\]"):
         chunked_causal_lm_loss(torch.zeros(2, 5, 4), torch.zeros(2, 6, dtype=torch.long), head)
-    # ceil(vocab / hidden) chunks, at least `minimum` tokens each.
-    assert loss_chunk_tokens(8192, 4096, 32000) == 1024
-    assert loss_chunk_tokens(100, 4096, 32000) == 64
-    assert loss_chunk_tokens(4096, 4096, 128256) == 128
+    # budget_mb MiB of float32 logits per chunk, capped at the token count, at least one token.
+    assert loss_chunk_tokens(8192, 32000) == 256 * 2**20 // (4 * 32000) == 2097
+    assert loss_chunk_tokens(512, 32000) == 512  # fits: one chunk
+    assert loss_chunk_tokens(4096, 128256) == 523
+    assert loss_chunk_tokens(4096, 32000, budget_mb=1) == 8
+    assert loss_chunk_tokens(10, 10**9, budget_mb=1) == 1
+    with pytest.raises(ValueError, match="> 0"):
+        loss_chunk_tokens(10, 100, budget_mb=0)
+
+
+def test_one_chunk_within_the_budget_is_not_recomputed(arch_model):
+    """Logits that fit the budget: lm_head runs once over the labelled tokens (no checkpoint
+    recomputation in the backward); over budget: chunks, each run twice. Same loss and grads."""
+    model = arch_model("llama").train()
+    ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(1))
+    rows: list[int] = []
+    model.lm_head.register_forward_hook(lambda m, a, out: rows.append(out[..., 0].numel()))
+    results = []
+    for budget in (256.0, 16 * 4 * 259 / 2**20):  # default; 16 tokens' logits per chunk
+        rows.clear()
+        model.zero_grad()
+        loss, _ = causal_lm_forward_loss(model, ids, budget_mb=budget, input_ids=ids)
+        loss.backward()
+        results.append((loss.detach(), model.lm_head.weight.grad.clone(), list(rows)))
+    (loss_one, grad_one, rows_one), (loss_many, grad_many, rows_many) = results
+    assert rows_one == [2, 2 * 63]  # logits_to_keep row, then one chunk, no recompute
+    assert max(rows_many[1:]) == 16 and sum(rows_many[1:]) == 2 * 2 * 63
+    assert torch.allclose(loss_one, loss_many, atol=1e-6)
+    assert torch.allclose(grad_one, grad_many, atol=1e-6)
 
 
 @pytest.mark.parametrize("policy", ["lean", "full"])

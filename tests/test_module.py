@@ -63,6 +63,29 @@ def test_optimizer_defaults_and_groups(corpus, tmp_path, make_trainer):
         id(p) for n, p in module.model.named_parameters() if n in module.expansion.trainable
     }
     assert in_opt == trainable
+    assert opt.defaults["fused"] is True  # fused kernel on CPU by default
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_loop(corpus, tmp_path, make_trainer):
+    """Fused (default) and per-tensor AdamW train the same weights up to float rounding."""
+    from blockexp.module import fused_adamw_supported
+
+    trained = []
+    for fused in (None, False):
+        torch.manual_seed(0)
+        module = BlockExpansionModule(
+            base=tiny_llama_dict(4),
+            expander=LlamaPro(num_groups=2),
+            tokenizer="byte",
+            lr=1e-2,
+            fused_adamw=fused,
+        )
+        make_trainer(tmp_path / str(fused), steps=5).fit(module, datamodule=_data(corpus, tmp_path))
+        assert bool(module.trainer.optimizers[0].defaults.get("fused")) is (fused is None)
+        trained.append({n: p.detach() for n, p in module.model.named_parameters()})
+    for name, value in trained[0].items():
+        assert torch.allclose(value, trained[1][name], atol=1e-5), name
+    assert not fused_adamw_supported([torch.zeros(2, dtype=torch.int64)])
 
 
 def test_cosine_with_warmup_shape():

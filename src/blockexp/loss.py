@@ -7,9 +7,12 @@ their float32 copy, the log-softmax and, in the backward, its gradient). With a 
 decoder activations are otherwise small.
 
 :func:`chunked_causal_lm_loss` takes the final hidden states instead and computes the loss over
-chunks of tokens, each under non-reentrant activation checkpointing: only one chunk's logits exist
-at a time, in the forward and in the backward (which recomputes that chunk's ``lm_head``, about
-``2 * hidden * vocab`` FLOPs per token). The result is the same mean over non-ignored tokens as
+chunks of tokens sized by a memory budget (:func:`loss_chunk_tokens`: MiB of float32 logits per
+chunk, 256 by default). When the batch's logits fit the budget there is one chunk and no
+checkpointing, so the loss costs nothing extra; otherwise each chunk runs under non-reentrant
+activation checkpointing: only one chunk's logits exist at a time, in the forward and in the
+backward (which recomputes that chunk's ``lm_head``, about ``2 * hidden * vocab`` FLOPs per
+token). In every case only the positions with a label reach ``lm_head``. The result is the same mean over non-ignored tokens as
 transformers' ``ForCausalLMLoss`` (up to float summation order), and gradients reach the hidden
 states and, when it is trainable, ``lm_head``.
 
@@ -30,17 +33,33 @@ from torch.utils.checkpoint import checkpoint
 
 from .data.collate import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "causal_lm_forward_loss", "chunked_causal_lm_loss", "loss_chunk_tokens"]
+__all__ = [
+    "DEFAULT_LOSS_CHUNK_MB",
+    "IGNORE_INDEX",
+    "causal_lm_forward_loss",
+    "chunked_causal_lm_loss",
+    "loss_chunk_tokens",
+]
 
 
-def loss_chunk_tokens(num_tokens: int, hidden_size: int, vocab_size: int, minimum: int = 64) -> int:
-    """Tokens per chunk so that one chunk's logits are about the size of the hidden states.
+DEFAULT_LOSS_CHUNK_MB = 256.0
 
-    ``ceil(vocab / hidden)`` chunks (8 for Llama-2-7B, 32 for a 1,024-wide model with a 32k
-    vocabulary), each at least ``minimum`` tokens so small batches do not loop needlessly.
+
+def loss_chunk_tokens(
+    num_tokens: int, vocab_size: int, budget_mb: float = DEFAULT_LOSS_CHUNK_MB
+) -> int:
+    """Tokens per chunk so that one chunk's float32 logits take at most ``budget_mb`` MiB.
+
+    ``budget_mb * 2**20 // (4 * vocab)`` tokens (at least one), capped at ``num_tokens``: when the
+    whole batch's float32 logits fit the budget there is a single chunk, computed without
+    activation checkpointing, so the loss costs no recomputation. With the default 256 MiB and a
+    32k vocabulary a chunk holds 2,097 tokens (4,096 tokens of Llama-2-7B: 2 chunks); with
+    Llama-3's 128,256 it holds 523 (8 chunks).
     """
-    chunks = max(1, math.ceil(vocab_size / max(1, hidden_size)))
-    return max(minimum, math.ceil(num_tokens / chunks))
+    if budget_mb <= 0:
+        raise ValueError(f"loss_chunk_mb must be > 0, got {budget_mb}.")
+    per_token = 4 * max(1, vocab_size)
+    return max(1, min(num_tokens, int(budget_mb * 2**20) // per_token))
 
 
 def _chunk_loss_sum(
@@ -58,6 +77,7 @@ def chunked_causal_lm_loss(
     head: nn.Module,
     chunk_tokens: int | None = None,
     softcap: float | None = None,
+    budget_mb: float = DEFAULT_LOSS_CHUNK_MB,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy of ``head(hidden)`` against ``labels``, chunk by chunk.
 
@@ -66,9 +86,10 @@ def chunked_causal_lm_loss(
         labels: ``[batch, seq]`` token ids aligned with the inputs (shifted here, as transformers
             does); ``-100`` marks positions without a loss.
         head: the output projection (``model.get_output_embeddings()``).
-        chunk_tokens: tokens per chunk; default :func:`loss_chunk_tokens`.
+        chunk_tokens: tokens per chunk; default :func:`loss_chunk_tokens` of ``budget_mb``.
         softcap: final logit soft-capping ``cap * tanh(logits / cap)`` (Gemma 2's
             ``config.final_logit_softcapping``); ``None`` for none.
+        budget_mb: MiB of float32 logits allowed per chunk (when ``chunk_tokens`` is unset).
 
     Returns:
         ``(loss, n_tokens)``: the mean over predicted tokens (0 with a zero gradient when every
@@ -92,10 +113,13 @@ def chunked_causal_lm_loss(
         return hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in head.parameters()), n_tokens
     weight = getattr(head, "weight", None)
     vocab = weight.shape[0] if weight is not None else head(hidden[:1]).shape[-1]
-    size = chunk_tokens or loss_chunk_tokens(count, hidden.shape[-1], vocab)
-    # Checkpoint only when there is a backward to save for (not in validation).
-    recompute = torch.is_grad_enabled() and (
-        hidden.requires_grad or any(p.requires_grad for p in head.parameters())
+    size = chunk_tokens or loss_chunk_tokens(count, vocab, budget_mb)
+    # Checkpoint only when there is a backward to save for (not in validation) and more than one
+    # chunk: a single chunk holds the logits anyway, and recomputing it would only cost time.
+    recompute = (
+        size < count
+        and torch.is_grad_enabled()
+        and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     )
     total = None
     for start in range(0, count, size):
@@ -109,7 +133,11 @@ def chunked_causal_lm_loss(
 
 
 def causal_lm_forward_loss(
-    model: nn.Module, labels: torch.Tensor, chunk_tokens: int | None = None, **inputs: Any
+    model: nn.Module,
+    labels: torch.Tensor,
+    chunk_tokens: int | None = None,
+    budget_mb: float = DEFAULT_LOSS_CHUNK_MB,
+    **inputs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model(**inputs)`` and return the chunked loss on its final hidden states.
 
@@ -145,4 +173,6 @@ def causal_lm_forward_loss(
             "false to use the model's own loss."
         )
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    return chunked_causal_lm_loss(captured["hidden"], labels, head, chunk_tokens, softcap)
+    return chunked_causal_lm_loss(
+        captured["hidden"], labels, head, chunk_tokens, softcap, budget_mb
+    )

@@ -84,6 +84,15 @@ class BlockExpansionModule(L.LightningModule):
             logits; same value and gradients, far less activation memory (the float32 logits
             are the largest activation of a block-expansion step). ``false`` uses the model's own
             loss.
+        loss_chunk_mb: the chunked loss's memory budget: MiB of float32 logits per chunk. A batch
+            whose logits fit is one chunk without recomputation (as fast as the model's own
+            loss, minus the unlabelled positions); a larger one is split into chunks of at most
+            this size, each recomputed in the backward.
+        fused_adamw: use PyTorch's fused AdamW kernel (one kernel over all trainable tensors;
+            same update rule, float rounding may differ in the last bits from the per-tensor
+            loop). ``None`` (default): fused where supported (every trainable parameter a plain
+            CPU or CUDA float tensor on one device type; not FSDP's DTensors), else PyTorch's
+            default implementation.
     """
 
     def __init__(
@@ -108,8 +117,15 @@ class BlockExpansionModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         save_frozen: bool = False,
         chunked_loss: bool = True,
+        loss_chunk_mb: float = 256.0,
+        fused_adamw: bool | None = None,
     ) -> None:
         super().__init__()
+        if not loss_chunk_mb > 0:
+            raise ValueError(
+                f"model.loss_chunk_mb must be > 0 (MiB of float32 logits per loss chunk), got "
+                f"{loss_chunk_mb}."
+            )
         if isinstance(expander, dict | str):
             expander = build_expander(expander)
         if not 0.0 <= warmup_ratio < 1.0:
@@ -198,7 +214,8 @@ class BlockExpansionModule(L.LightningModule):
             if self.hparams.get("chunked_loss", True):
                 from .loss import causal_lm_forward_loss
 
-                return causal_lm_forward_loss(self.model, labels, **inputs)
+                budget = float(self.hparams.get("loss_chunk_mb", 256.0))
+                return causal_lm_forward_loss(self.model, labels, budget_mb=budget, **inputs)
             out = self.model(**inputs, labels=labels)
         n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
         return out.loss, n_tokens
@@ -306,7 +323,16 @@ class BlockExpansionModule(L.LightningModule):
         groups = [{"params": decay, "weight_decay": hp.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        fused = hp.get("fused_adamw", None)
+        if fused is None:
+            fused = fused_adamw_supported(decay + no_decay)
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            eps=hp.eps,
+            **({"fused": True} if fused else {}),
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = cosine_schedule(optimizer, total, hp.warmup_ratio, hp.min_lr_ratio)
         return {
@@ -416,3 +442,20 @@ class BlockExpansionModule(L.LightningModule):
 
     def describe(self) -> str:
         return f"{describe_spec(self.hparams.base)} + {self.expander!r}"
+
+
+def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
+    """Whether ``torch.optim.AdamW(fused=True)`` takes these parameters: plain (not DTensor)
+    float32/bf16/fp16 tensors, all on CPU or all on CUDA."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        DTensor = ()  # noqa: N806
+    devices = {p.device.type for p in params}
+    return (
+        bool(params)
+        and len(devices) == 1
+        and devices <= {"cpu", "cuda"}
+        and not any(isinstance(p, DTensor) for p in params)
+        and all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
+    )
