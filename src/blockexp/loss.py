@@ -23,7 +23,6 @@ hidden state with a forward hook and applies the chunked loss.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
