@@ -138,3 +138,61 @@ def test_tokenizer_larger_than_the_vocabulary_is_refused(corpus, tmp_path, make_
     )
     with pytest.raises(ValueError, match="tokenizer has 259 ids but the model's embedding has 200"):
         make_trainer(tmp_path, steps=1).fit(module, datamodule=_data(corpus, tmp_path))
+
+
+def test_int8_optimizer_state_trains_close_to_fp32_and_resumes(corpus, tmp_path, make_trainer):
+    """``optimizer_state: int8`` (torchao AdamW8bit): 8-bit moments for the large tensors, a loss
+    close to fp32 AdamW's after 30 steps, and a checkpoint that resumes (weights_only load)."""
+    pytest.importorskip("torchao")
+    import lightning as L
+
+    base = tiny_llama_dict(4, hidden_size=64, intermediate_size=128)
+    losses = {}
+    for state in ("fp32", "int8"):
+        torch.manual_seed(0)
+        module = BlockExpansionModule(
+            base=base,
+            expander=LlamaPro(num_groups=2),
+            tokenizer="byte",
+            lr=3e-3,
+            optimizer_state=state,
+            fused_adamw=False,
+        )
+        ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / state, save_last=True)
+        trainer = make_trainer(
+            tmp_path / state,
+            steps=30,
+            enable_checkpointing=True,
+            callbacks=[ckpt],
+            limit_val_batches=4,
+        )
+        trainer.fit(module, datamodule=_data(corpus, tmp_path))
+        losses[state] = trainer.validate(module, datamodule=_data(corpus, tmp_path))[0]["val_loss"]
+        if state == "int8":
+            opt_state = trainer.optimizers[0].state
+            dtypes = {type(s["exp_avg"]).__name__ for s in opt_state.values()}
+            assert "OptimState8bit" in dtypes  # the large tensors' moments are 8-bit
+            saved = torch.load(tmp_path / state / "last.ckpt", weights_only=True)
+            assert saved["optimizer_states"]
+            resumed = BlockExpansionModule(
+                base=base,
+                expander=LlamaPro(num_groups=2),
+                tokenizer="byte",
+                lr=3e-3,
+                optimizer_state=state,
+                fused_adamw=False,
+            )
+            from blockexp.checkpoint_io import AtomicCheckpointIO  # the CLI's checkpoint IO
+
+            make_trainer(tmp_path / "resumed", steps=32, plugins=[AtomicCheckpointIO()]).fit(
+                resumed,
+                datamodule=_data(corpus, tmp_path),
+                ckpt_path=str(tmp_path / state / "last.ckpt"),
+            )
+            assert resumed.trainer.global_step == 32
+    assert abs(losses["int8"] - losses["fp32"]) <= 0.02 * losses["fp32"], losses
+
+
+def test_unknown_optimizer_state_is_refused():
+    with pytest.raises(ValueError, match="optimizer_state must be 'fp32' or 'int8'"):
+        BlockExpansionModule(base=tiny_llama_dict(2), expander=LlamaPro(1), optimizer_state="q4")

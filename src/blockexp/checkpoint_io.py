@@ -26,6 +26,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """:class:`~lightning.fabric.plugins.io.torch_io.TorchCheckpointIO` with in-place atomic
     writes for local paths (remote URLs keep Lightning's writer)."""
 
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        # Lightning passes ``lambda storage, loc: storage`` (restore where saved), which
+        # torch.load refuses for tensor subclasses (torchao's 8-bit optimizer state); ``None``
+        # means the same thing and works for them.
+        if callable(map_location):
+            map_location = None
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:

@@ -93,6 +93,11 @@ class BlockExpansionModule(L.LightningModule):
             loop). ``None`` (default): fused where supported (every trainable parameter a plain
             CPU or CUDA float tensor on one device type; not FSDP's DTensors), else PyTorch's
             default implementation.
+        optimizer_state: ``fp32`` (default): AdamW moments in float32, 8 bytes per trainable
+            parameter. ``int8`` (opt-in, extra ``lowmem``): torchao's ``AdamW8bit``, moments
+            block-wise quantised to 8 bits (2 bytes per parameter; tensors under 4,096
+            elements stay float32). A semantic change: the update uses the dequantised moments,
+            so the loss curve differs slightly from fp32 AdamW (see docs/performance.md).
     """
 
     def __init__(
@@ -119,8 +124,21 @@ class BlockExpansionModule(L.LightningModule):
         chunked_loss: bool = True,
         loss_chunk_mb: float = 256.0,
         fused_adamw: bool | None = None,
+        optimizer_state: Literal["fp32", "int8"] = "fp32",
     ) -> None:
         super().__init__()
+        if optimizer_state not in ("fp32", "int8"):
+            raise ValueError(
+                f"model.optimizer_state must be 'fp32' or 'int8', got {optimizer_state!r}."
+            )
+        if optimizer_state == "int8":
+            import importlib.util
+
+            if importlib.util.find_spec("torchao") is None:
+                raise ImportError(
+                    "model.optimizer_state: int8 needs torchao: pip install -e '.[lowmem]' "
+                    "(or pip install 'torchao>=0.18,<0.19')."
+                )
         if not loss_chunk_mb > 0:
             raise ValueError(
                 f"model.loss_chunk_mb must be > 0 (MiB of float32 logits per loss chunk), got "
@@ -323,16 +341,21 @@ class BlockExpansionModule(L.LightningModule):
         groups = [{"params": decay, "weight_decay": hp.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
-        fused = hp.get("fused_adamw", None)
-        if fused is None:
-            fused = fused_adamw_supported(decay + no_decay)
-        optimizer = torch.optim.AdamW(
-            groups,
-            lr=hp.lr,
-            betas=tuple(hp.betas),
-            eps=hp.eps,
-            **({"fused": True} if fused else {}),
-        )
+        if hp.get("optimizer_state", "fp32") == "int8":
+            from torchao.optim import AdamW8bit
+
+            optimizer = AdamW8bit(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        else:
+            fused = hp.get("fused_adamw", None)
+            if fused is None:
+                fused = fused_adamw_supported(decay + no_decay)
+            optimizer = torch.optim.AdamW(
+                groups,
+                lr=hp.lr,
+                betas=tuple(hp.betas),
+                eps=hp.eps,
+                **({"fused": True} if fused else {}),
+            )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = cosine_schedule(optimizer, total, hp.warmup_ratio, hp.min_lr_ratio)
         return {
