@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -57,3 +59,18 @@ def test_startup_benchmark_smoke(tmp_path):
         assert row in out, out
     assert (tmp_path / "base" / "model.safetensors.index.json").is_file()
     assert not (tmp_path / "expand_out").exists()  # outputs are removed, the base is kept
+
+
+def test_vs_trainer_benchmark_smoke():
+    """``benchmarks/vs_trainer.py --smoke``: both sides train a tiny expanded Llama, same
+    trainable parameters, one round of each."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate ([bench])")
+    cmd = [sys.executable, str(BENCH / "vs_trainer.py"), "--smoke"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "names and counts equal on both sides" in out, out
+    assert "median blockexp/peer over 1 rounds: tokens/s" in out, out
