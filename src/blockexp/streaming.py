@@ -470,15 +470,35 @@ def _tied_drop(config: SimpleNamespace, arch, entries: dict[str, SafetensorsEntr
     return drop
 
 
-def plan_summary(base: str | os.PathLike, expander: Expander) -> dict[str, Any]:
-    """What :func:`blockexp.expanders.dry_run.plan_summary` reports (the same keys and numbers),
-    for an expansion :func:`can_stream` accepts: from config.json and the safetensors headers,
-    exactly as :func:`write_expanded` would count what it writes. No torch, no model.
+@dataclass
+class _Streamed:
+    """What one streaming expansion reads and plans: from config.json and the headers only."""
 
-    Raises:
-        StreamingError: if ``expander`` on ``base`` cannot be streamed.
-    """
-    base = str(Path(base).expanduser())
+    config: SimpleNamespace
+    arch: Any
+    base_layers: int
+    plan: Plan
+    entries: dict[str, SafetensorsEntry]
+    drop: set[str]
+    outputs: list[_Output]
+
+    @property
+    def base_params(self) -> int:
+        return sum(math.prod(e.shape) for n, e in self.entries.items() if n not in self.drop)
+
+    def counts(self, expander: Expander) -> tuple[int, frozenset[str], int]:
+        """``(total_params, trainable_names, trainable_params)`` of the output."""
+        tied = bool(getattr(self.config, "tie_word_embeddings", False))
+        names = (out.name for out in self.outputs)
+        trainable = trainable_parameter_names(
+            self.arch, names, self.plan.trainable_layers, expander.train_options, tied
+        )
+        numel = {out.name: math.prod(out.shape) for out in self.outputs}
+        return sum(numel.values()), trainable, sum(numel[name] for name in trainable)
+
+
+def _prepare(base: str, expander: Expander, target: Any = None) -> _Streamed:
+    """Check that ``expander`` on ``base`` streams, then plan every output tensor."""
     reason = can_stream(expander, base)
     if reason is not None:
         raise StreamingError(f"Cannot stream: {reason}.")
@@ -488,23 +508,30 @@ def plan_summary(base: str | os.PathLike, expander: Expander) -> dict[str, Any]:
     plan = expander.plan(base_layers)
     entries = source_index(base)
     drop = _tied_drop(config, arch, entries)
-    outputs = _build_outputs(entries, plan, arch, drop, None)
-    # As write_expanded counts for the manifest.
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    names = (out.name for out in outputs)
-    trainable = trainable_parameter_names(
-        arch, names, plan.trainable_layers, expander.train_options, tied
-    )
-    numel = {out.name: math.prod(out.shape) for out in outputs}
+    outputs = _build_outputs(entries, plan, arch, drop, target)
+    return _Streamed(config, arch, base_layers, plan, entries, drop, outputs)
+
+
+def plan_summary(base: str | os.PathLike, expander: Expander) -> dict[str, Any]:
+    """What :func:`blockexp.expanders.dry_run.plan_summary` reports (the same keys and numbers),
+    for an expansion :func:`can_stream` accepts: from config.json and the safetensors headers,
+    exactly as :func:`write_expanded` would count what it writes. No torch, no model.
+
+    Raises:
+        StreamingError: if ``expander`` on ``base`` cannot be streamed.
+    """
+    prep = _prepare(str(Path(base).expanduser()), expander)
+    total, _, trainable = prep.counts(expander)
+    plan = prep.plan
     return {
-        "model_type": config.model_type,
+        "model_type": prep.config.model_type,
         "strategy": type(expander).__name__,
         "expander": expander.config(),
-        "base_num_layers": base_layers,
-        "base_params": sum(math.prod(e.shape) for name, e in entries.items() if name not in drop),
+        "base_num_layers": prep.base_layers,
+        "base_params": prep.base_params,
         "num_layers": plan.num_layers,
-        "total_params": sum(numel.values()),
-        "trainable_params": sum(numel[name] for name in trainable),
+        "total_params": total,
+        "trainable_params": trainable,
         "layers": [
             {
                 "index": s.index,
@@ -550,22 +577,13 @@ def write_expanded(
 
     base = str(Path(base).expanduser())
     dest = Path(dest)
-    reason = can_stream(expander, base)
-    if reason is not None:
-        raise StreamingError(f"Cannot stream: {reason}.")
-    # No model object is built (not even on the meta device): the plan, the config and the
-    # manifest come from config.json and the safetensors headers alone.
-    config = _read_config(base)
-    arch = get_arch(config.model_type)
-    base_layers = int(config.num_hidden_layers)
-    plan = expander.plan(base_layers)
-
     target = None  # keep each tensor's dtype; otherwise a torch dtype (torch is imported to cast)
     if dtype is not None and not (isinstance(dtype, str) and dtype == "auto"):
         target = resolve_dtype(dtype)
-    entries = source_index(base)
-    drop = _tied_drop(config, arch, entries)
-    outputs = _build_outputs(entries, plan, arch, drop, target)
+    # No model object is built (not even on the meta device): the plan, the config and the
+    # manifest come from config.json and the safetensors headers alone.
+    prep = _prepare(base, expander, target)
+    config, arch, plan, outputs = prep.config, prep.arch, prep.plan, prep.outputs
     shards = _shard(outputs, parse_size(max_shard_size))
     total = sum(s.size for s in shards)
     names = (
@@ -604,23 +622,18 @@ def write_expanded(
         if hasattr(out_config, "torch_dtype"):  # older configs name the field torch_dtype
             out_config.torch_dtype = out_config.dtype
     (dest / "config.json").write_text(json.dumps(vars(out_config), indent=2, sort_keys=True) + "\n")
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    trainable = trainable_parameter_names(
-        arch, (out.name for out in outputs), plan.trainable_layers, expander.train_options, tied
-    )
-    base_params = sum(math.prod(e.shape) for name, e in entries.items() if name not in drop)
-    numel = {out.name: math.prod(out.shape) for out in outputs}
+    total_params, trainable, trainable_params = prep.counts(expander)
     manifest = manifest_dict(
         expander,
         base,
-        base_layers,
-        base_params,
+        prep.base_layers,
+        prep.base_params,
         num_layers=plan.num_layers,
-        total_params=sum(numel.values()),
-        trainable_params=sum(numel[name] for name in trainable),
+        total_params=total_params,
+        trainable_params=trainable_params,
         plan=plan,
         trainable_names=trainable,
-        extra=expander.describe(base_layers),
+        extra=expander.describe(prep.base_layers),
     )
     manifest["streamed"] = True
     write_manifest(dest, manifest)
