@@ -134,18 +134,20 @@ def load_expanded(
     hparams: Mapping[str, Any], expander: Expander, attn_implementation: str | None = None
 ) -> tuple[Any, dict[str, int], dict[str, Any]]:
     """Load the base as training does and expand it: dtype from the precision policy, the
-    expander applied, trainable parameters marked, frozen ones cast under ``lean``.
+    expander applied, trainable parameters marked, frozen ones cast under ``lean``. The
+    quantised-base policies (``lean-int8``, ``lean-nf4``) load exactly as ``lean`` here: the
+    module quantises after taking the frozen fingerprint, and exports rebuild from this.
 
     Returns:
         ``(expansion, base_info, base_config)``: the :class:`~blockexp.expanders.Expansion`, the
         base depth and parameter count, and the base config as a dict.
     """
-    from .precision import apply_precision_policy
+    from .precision import apply_precision_policy, is_lean
 
     policy = hparams.get("precision_policy", "full")
     model = load_model(
         hparams["base"],
-        dtype="bfloat16" if policy == "lean" else hparams.get("dtype", "float32"),
+        dtype="bfloat16" if is_lean(policy) else hparams.get("dtype", "float32"),
         trust_remote_code=hparams.get("trust_remote_code", False),
         seed=hparams.get("seed", 0),
         attn_implementation=attn_implementation,
@@ -162,6 +164,9 @@ def load_expanded(
 
 
 def export_dtype(precision_policy: str) -> torch.dtype | None:
-    """The single dtype exports are stored in: bf16 under the ``lean`` policy (whose frozen
-    weights are bf16), else ``None`` (as trained)."""
-    return torch.bfloat16 if precision_policy == "lean" else None
+    """The single dtype exports are stored in: bf16 under the ``lean`` policies (whose frozen
+    weights are bf16, or quantised from bf16 and exported from the base's), else ``None`` (as
+    trained)."""
+    from .precision import is_lean
+
+    return torch.bfloat16 if is_lean(precision_policy) else None

@@ -71,7 +71,12 @@ class BlockExpansionModule(L.LightningModule):
         precision_policy: ``full`` keeps every parameter in ``dtype``; ``lean`` stores frozen
             parameters in bf16 and trainable ones in fp32 and runs the model under bf16 autocast
             (see :mod:`blockexp.precision`; use with trainer precision ``32-true`` or
-            ``bf16-mixed``). With ``lean`` the base is loaded directly in bf16.
+            ``bf16-mixed``). With ``lean`` the base is loaded directly in bf16. ``lean-int8`` and
+            ``lean-nf4`` (opt-in, extra ``lowmem``) also store the frozen linear weights quantised
+            with torchao (int8 per-row, or QLoRA's 4-bit NormalFloat): about 1 or 0.5 bytes per
+            frozen weight instead of 2. A semantic change: the frozen layers compute with the
+            dequantised weights (see :mod:`blockexp.quantize` and docs/performance.md).
+            Checkpoints, the frozen fingerprint and exports still use the base's own weights.
         gradient_checkpointing: recompute decoder-layer activations in the backward pass
             (non-reentrant, so it also works when the layers below are frozen).
         save_frozen: also store the frozen parameters in training checkpoints. By default a
@@ -98,6 +103,12 @@ class BlockExpansionModule(L.LightningModule):
             block-wise quantised to 8 bits (2 bytes per parameter; tensors under 4,096
             elements stay float32). A semantic change: the update uses the dequantised moments,
             so the loss curve differs slightly from fp32 AdamW (see docs/performance.md).
+        optimizer_in_backward: step each trainable parameter's optimizer inside the backward pass,
+            as soon as its gradient is complete, and free the gradient (opt-in; see
+            :mod:`blockexp.optim`): the gradients of all trainable parameters never exist at once
+            (4 bytes per trainable parameter less at the peak). A semantic change: no global
+            gradient-norm clipping (set ``trainer.gradient_clip_val`` to null) and no gradient
+            accumulation; one process only.
     """
 
     def __init__(
@@ -118,15 +129,35 @@ class BlockExpansionModule(L.LightningModule):
         trust_remote_code: bool = False,
         attn_implementation: str | None = None,
         validate_before_fit: bool = True,
-        precision_policy: Literal["full", "lean"] = "full",
+        precision_policy: Literal["full", "lean", "lean-int8", "lean-nf4"] = "full",
         gradient_checkpointing: bool = False,
         save_frozen: bool = False,
         chunked_loss: bool = True,
         loss_chunk_mb: float = 256.0,
         fused_adamw: bool | None = None,
         optimizer_state: Literal["fp32", "int8"] = "fp32",
+        optimizer_in_backward: bool = False,
     ) -> None:
         super().__init__()
+        from .precision import POLICIES
+
+        if precision_policy not in POLICIES:
+            raise ValueError(
+                f"model.precision_policy must be one of {', '.join(POLICIES)}, got "
+                f"{precision_policy!r}."
+            )
+        from .quantize import is_quantised_policy, require_torchao
+
+        if is_quantised_policy(precision_policy):
+            require_torchao(precision_policy)
+            if save_frozen:
+                raise ValueError(
+                    f"precision_policy {precision_policy} keeps the frozen weights quantised in "
+                    "memory, so checkpoints cannot store them as the base has them: leave "
+                    "save_frozen false (checkpoints then hold the trainable parameters, and the "
+                    "frozen weights come from the base, checked by fingerprint), or use "
+                    "precision_policy lean."
+                )
         if optimizer_state not in ("fp32", "int8"):
             raise ValueError(
                 f"model.optimizer_state must be 'fp32' or 'int8', got {optimizer_state!r}."
@@ -194,6 +225,14 @@ class BlockExpansionModule(L.LightningModule):
         self.model = expansion.model
         if not hp.get("save_frozen", False):  # before sharding: plain tensors, no collectives
             self._frozen_digest = loading.frozen_fingerprint(model, expansion.trainable)
+        from .quantize import QUANTISED_POLICIES, quantise_frozen_linears
+
+        scheme = QUANTISED_POLICIES.get(hp.get("precision_policy", "full"))
+        if scheme is not None:  # after the fingerprint, which vouches for the base's own weights
+            self.quant_summary = quantise_frozen_linears(model, scheme)
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(f"precision_policy {hp.precision_policy}: {self.quant_summary}")
         mesh = getattr(self, "_device_mesh", None)  # set by Lightning's ModelParallelStrategy
         if mesh is not None:
             from .distributed import shard_fsdp2
@@ -242,7 +281,9 @@ class BlockExpansionModule(L.LightningModule):
         """bf16 autocast under the ``lean`` precision policy; otherwise no context at all, so the
         trainer's own autocast (``bf16-mixed``) stays in force (``autocast(enabled=False)`` would
         switch it off)."""
-        if self.hparams.get("precision_policy", "full") != "lean":
+        from .precision import is_lean
+
+        if not is_lean(self.hparams.get("precision_policy", "full")):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -253,8 +294,37 @@ class BlockExpansionModule(L.LightningModule):
         if trainer is None:
             return
         check_trainer_precision(self.hparams.get("precision_policy", "full"), trainer.precision)
+        if stage == "fit" and self.hparams.get("optimizer_in_backward", False):
+            self._check_in_backward(trainer)
         if stage == "fit":
             self._check_export_target(trainer)
+
+    @staticmethod
+    def _check_in_backward(trainer) -> None:
+        """Refuse trainer settings that need every gradient after the backward."""
+        problems = []
+        if trainer.gradient_clip_val:
+            problems.append(
+                f"trainer.gradient_clip_val is {trainer.gradient_clip_val}: global-norm clipping "
+                "needs all gradients at once (set --trainer.gradient_clip_val null)"
+            )
+        if trainer.accumulate_grad_batches != 1:
+            problems.append(
+                f"trainer.accumulate_grad_batches is {trainer.accumulate_grad_batches}: there is no "
+                "accumulation, each backward steps (set it to 1 and raise the batch size)"
+            )
+        if str(trainer.precision) in ("16-mixed", "16"):
+            problems.append("trainer.precision 16-mixed scales the loss after the backward")
+        if trainer.world_size > 1:
+            problems.append(
+                f"{trainer.world_size} processes: DDP/FSDP reduce gradients after the step would "
+                "have used them (use one process)"
+            )
+        if problems:
+            raise ValueError(
+                "model.optimizer_in_backward steps each parameter inside the backward pass, "
+                "which rules out: " + "; ".join(problems) + "."
+            )
 
     def on_fit_start(self) -> None:
         self._check_run_dirs(self.trainer)
@@ -341,21 +411,31 @@ class BlockExpansionModule(L.LightningModule):
         groups = [{"params": decay, "weight_decay": hp.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
+        options = dict(lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         if hp.get("optimizer_state", "fp32") == "int8":
             from torchao.optim import AdamW8bit
 
-            optimizer = AdamW8bit(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+            def make(param_groups):
+                return AdamW8bit(param_groups, **options)
         else:
             fused = hp.get("fused_adamw", None)
             if fused is None:
                 fused = fused_adamw_supported(decay + no_decay)
-            optimizer = torch.optim.AdamW(
-                groups,
-                lr=hp.lr,
-                betas=tuple(hp.betas),
-                eps=hp.eps,
-                **({"fused": True} if fused else {}),
-            )
+
+            def make(param_groups):
+                return torch.optim.AdamW(
+                    param_groups, **options, **({"fused": True} if fused else {})
+                )
+
+        if hp.get("optimizer_in_backward", False):
+            from .optim import OptimizerInBackward
+
+            previous = getattr(self, "_in_backward", None)
+            if previous is not None:  # a second fit on this module: one hook per parameter
+                previous.remove_hooks()
+            optimizer = self._in_backward = OptimizerInBackward(groups, make, **options)
+        else:
+            optimizer = make(groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = cosine_schedule(optimizer, total, hp.warmup_ratio, hp.min_lr_ratio)
         return {
@@ -438,7 +518,8 @@ class BlockExpansionModule(L.LightningModule):
         tokenizer = load_tokenizer(spec, self.hparams.trust_remote_code)
         trainer = getattr(self, "_trainer", None)
         keep_away = self._run_dirs(trainer) if trainer is not None else []
-        model = self.expander.export_model(self.model)
+        source = self._unquantised_model()
+        model = self.expander.export_model(source)
         model.config.use_cache = True
         try:
             return save_pretrained_atomic(
@@ -458,7 +539,46 @@ class BlockExpansionModule(L.LightningModule):
         finally:
             self.model.config.use_cache = False
 
+    def _unquantised_model(self) -> torch.nn.Module:
+        """The model to export: ``self.model``, or under a quantised-base policy the same expanded
+        model rebuilt with the base's own (bf16) frozen weights, checked against the fingerprint,
+        with the current trainable parameters assigned."""
+        from .quantize import is_quantised_policy
+
+        if not is_quantised_policy(self.hparams.get("precision_policy", "full")):
+            return self.model
+        from .expanders import build_expander
+
+        trained = getattr(self, "_gathered", None) or self._trained_state()
+        self._gathered = None
+        hp = dict(self.hparams)
+        expansion, _, _ = loading.load_expanded(hp, build_expander(self.expander.config()))
+        loading.check_fingerprint(
+            expansion.model, self._frozen_digest, describe_spec(self.hparams.base)
+        )
+        unexpected = expansion.model.load_state_dict(trained, strict=False).unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"Trained parameters not in the rebuilt model: {unexpected[:3]}")
+        expansion.model.tie_weights()
+        return expansion.model
+
+    def _trained_state(self) -> dict[str, torch.Tensor]:
+        """The trainable parameters as whole CPU tensors (a collective under FSDP2: every rank
+        must call it)."""
+        trained = {}
+        for name, param in self.model.named_parameters():
+            if name in self.expansion.trainable:
+                tensor = param.detach()
+                if hasattr(tensor, "full_tensor"):  # DTensor under FSDP2
+                    tensor = tensor.full_tensor()
+                trained[name] = tensor.cpu()
+        return trained
+
     def on_fit_end(self) -> None:
+        from .quantize import is_quantised_policy
+
+        if self.hparams.export_dir and is_quantised_policy(self.hparams.precision_policy):
+            self._gathered = self._trained_state()  # on every rank, before rank 0 exports
         if self.hparams.export_dir and self.trainer.is_global_zero:
             path = self.export(self.hparams.export_dir, overwrite=self.hparams.export_overwrite)
             self.print(f"Exported the trained model to {path}")

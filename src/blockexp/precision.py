@@ -26,6 +26,7 @@ __all__ = [
     "PrecisionPolicy",
     "apply_precision_policy",
     "check_trainer_precision",
+    "is_lean",
     "parameter_bytes",
 ]
 
@@ -40,7 +41,14 @@ __getattr__ = moved(
     },
 )
 
-PrecisionPolicy = Literal["full", "lean"]
+PrecisionPolicy = Literal["full", "lean", "lean-int8", "lean-nf4"]
+POLICIES = ("full", "lean", "lean-int8", "lean-nf4")
+
+
+def is_lean(policy: str | None) -> bool:
+    """``lean`` and its quantised-base variants (:mod:`blockexp.quantize`): frozen parameters in
+    bf16 (or quantised), trainable ones in fp32, bf16 autocast."""
+    return policy in ("lean", "lean-int8", "lean-nf4")
 
 
 def apply_precision_policy(
@@ -51,14 +59,15 @@ def apply_precision_policy(
 ) -> nn.Module:
     """Cast parameters in place according to ``policy`` (``requires_grad`` must already be set).
 
-    ``full`` leaves the model as it is; ``lean`` casts frozen floating-point parameters to
-    ``frozen_dtype`` and trainable ones to ``trainable_dtype``. Buffers (e.g. rotary frequencies)
+    ``full`` leaves the model as it is; ``lean`` (and ``lean-int8``/``lean-nf4``, whose
+    quantisation :func:`blockexp.quantize.quantise_frozen_linears` applies afterwards) casts frozen
+    floating-point parameters to ``frozen_dtype`` and trainable ones to ``trainable_dtype``. Buffers (e.g. rotary frequencies)
     are left alone. A parameter shared by several modules (tied embeddings) is cast once.
     """
     if policy == "full":
         return model
-    if policy != "lean":
-        raise ValueError(f"Unknown precision_policy '{policy}'; use 'full' or 'lean'.")
+    if not is_lean(policy):
+        raise ValueError(f"Unknown precision_policy '{policy}'; use one of {', '.join(POLICIES)}.")
     with torch.no_grad():
         for param in model.parameters():
             if not param.is_floating_point():
@@ -71,11 +80,11 @@ def apply_precision_policy(
 
 def check_trainer_precision(policy: PrecisionPolicy, trainer_precision: str | None) -> None:
     """Refuse trainer precisions that contradict the ``lean`` policy, naming the fix."""
-    if policy != "lean" or trainer_precision is None:
+    if not is_lean(policy) or trainer_precision is None:
         return
     if str(trainer_precision) in ("bf16-true", "16-true", "bf16", "16", "half"):
         raise ValueError(
-            f"precision_policy 'lean' keeps trainable weights in float32, but trainer.precision is "
+            f"precision_policy '{policy}' keeps trainable weights in float32, but trainer.precision is "
             f"'{trainer_precision}', which casts them to 16 bits. Use trainer.precision 32-true "
             "(the module runs bf16 autocast itself) or bf16-mixed."
         )
