@@ -96,8 +96,9 @@ class BlockExpansionModule(L.LightningModule):
         fused_adamw: use PyTorch's fused AdamW kernel (one kernel over all trainable tensors;
             same update rule, float rounding may differ in the last bits from the per-tensor
             loop). ``None`` (default): fused where supported (every trainable parameter a plain
-            CPU or CUDA float tensor on one device type; not FSDP's DTensors), else PyTorch's
-            default implementation.
+            CPU or CUDA float tensor on one device type; not FSDP's DTensors; and not when
+            Lightning's ``bf16-mixed``/``16-mixed`` plugin clips gradients, which it refuses to do
+            for an optimizer that unscales internally), else PyTorch's default implementation.
         optimizer_state: ``fp32`` (default): AdamW moments in float32, 8 bytes per trainable
             parameter. ``int8`` (opt-in, extra ``lowmem``): torchao's ``AdamW8bit``, moments
             block-wise quantised to 8 bits (2 bytes per parameter; tensors under 4,096
@@ -420,7 +421,7 @@ class BlockExpansionModule(L.LightningModule):
         else:
             fused = hp.get("fused_adamw", None)
             if fused is None:
-                fused = fused_adamw_supported(decay + no_decay)
+                fused = fused_adamw_supported(decay + no_decay) and not self._amp_clipping()
 
             def make(param_groups):
                 return torch.optim.AdamW(
@@ -442,6 +443,15 @@ class BlockExpansionModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _amp_clipping(self) -> bool:
+        """Whether Lightning's mixed-precision plugin will clip gradients: it refuses to with an
+        optimizer that unscales internally, which a fused AdamW declares itself to be."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return False
+        mixed = str(trainer.precision) in ("bf16-mixed", "16-mixed")
+        return mixed and bool(trainer.gradient_clip_val)
 
     # -- checkpoints and export -----------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:

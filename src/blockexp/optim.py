@@ -57,7 +57,11 @@ class OptimizerInBackward(torch.optim.Optimizer):
 
     def _step_one(self, param: torch.Tensor) -> None:
         inner, group = self._inner[param]
-        inner.param_groups[0]["lr"] = group["lr"]
+        inner_group = inner.param_groups[0]
+        if isinstance(inner_group["lr"], torch.Tensor):  # torchao's optimizers keep lr a tensor
+            inner_group["lr"].fill_(group["lr"])
+        else:
+            inner_group["lr"] = group["lr"]
         inner.step()
         param.grad = None
         self.inner_steps += 1

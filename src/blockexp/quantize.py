@@ -18,8 +18,11 @@ lean-nf4      4-bit NormalFloat, blocks of 64, double-        ~0.52
 Everything else is as under ``lean``: trainable parameters are float32 masters with float32
 gradients and optimizer state, compute runs under bf16 autocast, embeddings, norms and biases stay
 bf16. Which linear layers are quantised: every frozen ``nn.Linear`` inside a decoder layer (found by
-structure, :func:`blockexp.layers.get_arch`) and the output head when it is frozen and not tied to
-the input embeddings. NF4 also needs a weight of a multiple of 16,384 elements (torchao's block
+structure, :func:`blockexp.layers.get_arch`). The output head stays bf16, as bitsandbytes and
+QLoRA keep it: with one loss chunk a quantised head is dequantised whole for the logits and again
+for their gradient, and these temporaries cost more at the step's peak (the loss) than the head's
+quantisation saves (measured: 0.305 GiB of temporaries at the peak of
+``benchmarks/train_step.py``'s shape, where the head is 62.5 MiB in bf16). NF4 also needs a weight of a multiple of 16,384 elements (torchao's block
 sizes); a weight that is not stays bf16 and is named in the summary.
 
 This is a semantic change, like QLoRA's: the forward of the frozen layers uses the dequantised
@@ -89,7 +92,8 @@ class QuantSummary:
 
 
 def _frozen_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Frozen ``nn.Linear`` modules inside decoder layers, plus an untied frozen output head."""
+    """Frozen ``nn.Linear`` modules inside decoder layers (not the output head: see the module
+    docstring)."""
     from .layers import get_arch
 
     arch = get_arch(model.config)
@@ -99,14 +103,6 @@ def _frozen_linears(model: nn.Module) -> dict[str, nn.Linear]:
         for module in layer.modules():
             if isinstance(module, nn.Linear) and not module.weight.requires_grad:
                 found[names[id(module)]] = module
-    head = model.get_output_embeddings()
-    embed = model.get_input_embeddings()
-    if (
-        isinstance(head, nn.Linear)
-        and not head.weight.requires_grad
-        and (embed is None or head.weight is not embed.weight)
-    ):
-        found[names[id(head)]] = head
     return found
 
 
@@ -119,23 +115,47 @@ def _bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-class _NF4Forward:
-    """``forward`` of a linear layer whose weight is an ``NF4Tensor``: torchao's ``linear_nf4``
-    (dequantise to the input's dtype, matmul; its backward gives the input gradient only)."""
+class _DequantLinear(torch.autograd.Function):
+    """``F.linear`` with a frozen quantised weight whose backward re-dequantises the weight.
 
-    def __init__(self, module: nn.Linear) -> None:
+    Through autograd, torchao's ``Int8Tensor`` linear would save its dequantised bf16 weight for
+    the backward: a bf16 copy of every frozen layer the backward passes through, more memory than
+    ``lean`` itself. This keeps a reference to the quantised weight instead and dequantises it
+    again in the backward (the input gradient only; the weight is frozen), as torchao's
+    ``linear_nf4`` does for NF4.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        ctx.weight = weight
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight = ctx.weight.dequantize().to(grad.dtype)
+        return grad @ weight, None, None
+
+
+class _QuantisedForward:
+    """``forward`` of a frozen linear layer with a quantised weight: int8 through
+    :class:`_DequantLinear`, NF4 through torchao's ``linear_nf4``; the input is cast to the
+    autocast dtype first (the matmul's dtype under ``lean``)."""
+
+    def __init__(self, module: nn.Linear, scheme: str) -> None:
         self.module = module
+        self.scheme = scheme
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from torchao.quantization import NF4Tensor  # noqa: F401  (registers the subclass ops)
-        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import linear_nf4
-
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        out = linear_nf4(x, self.module.weight)
-        if self.module.bias is not None:
-            out = out + self.module.bias.to(out.dtype)
-        return out
+        weight, bias = self.module.weight, self.module.bias
+        with torch.autocast(x.device.type, enabled=False):
+            if self.scheme == "int8":
+                return _DequantLinear.apply(x, weight, None if bias is None else bias.to(x.dtype))
+            from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import linear_nf4
+
+            out = linear_nf4(x, weight)
+            return out if bias is None else out + bias.to(out.dtype)
 
 
 def quantise_frozen_linears(model: nn.Module, scheme: str) -> QuantSummary:
@@ -161,7 +181,7 @@ def quantise_frozen_linears(model: nn.Module, scheme: str) -> QuantSummary:
             with torch.no_grad():
                 quantised = to_nf4(weight.detach().to(torch.bfloat16))
             module.weight = nn.Parameter(quantised, requires_grad=False)
-            module.forward = _NF4Forward(module)
+            module.forward = _QuantisedForward(module, scheme)
             module.blockexp_quantised = scheme
             summary.bytes_after += _bytes(module.weight)
             summary.quantised.append(name)
@@ -174,6 +194,7 @@ def quantise_frozen_linears(model: nn.Module, scheme: str) -> QuantSummary:
     with torch.no_grad():
         quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, _: id(m) in chosen)
     for name, module in targets.items():
+        module.forward = _QuantisedForward(module, scheme)
         module.blockexp_quantised = scheme
         summary.bytes_after += _bytes(module.weight)
         summary.quantised.append(name)
