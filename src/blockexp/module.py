@@ -91,8 +91,9 @@ class BlockExpansionModule(L.LightningModule):
         fused_adamw: use PyTorch's fused AdamW kernel (one kernel over all trainable tensors;
             same update rule, float rounding may differ in the last bits from the per-tensor
             loop). ``None`` (default): fused where supported (every trainable parameter a plain
-            CPU or CUDA float tensor on one device type; not FSDP's DTensors), else PyTorch's
-            default implementation.
+            CPU or CUDA float tensor on one device type; not FSDP's DTensors; not under
+            ``16-mixed``, whose gradient scaler Lightning cannot combine with clipping a fused
+            optimizer), else PyTorch's default implementation.
         optimizer_state: ``fp32`` (default): AdamW moments in float32, 8 bytes per trainable
             parameter. ``int8`` (opt-in, extra ``lowmem``): torchao's ``AdamW8bit``, moments
             block-wise quantised to 8 bits (2 bytes per parameter; tensors under 4,096
@@ -175,11 +176,12 @@ class BlockExpansionModule(L.LightningModule):
         from .checkpoint import load_config
 
         attn = hp.attn_implementation
+        half = self._computes_in_half_precision()
         if attn in (None, "auto"):  # the model class decides between sdpa and eager
             config = load_config(hp.base, trust_remote_code=hp.get("trust_remote_code", False))
-            attn = select_attn_implementation(attn, config)
+            attn = select_attn_implementation(attn, config, half_precision=half)
         else:
-            attn = select_attn_implementation(attn)
+            attn = select_attn_implementation(attn, half_precision=half)
         expansion, self.base_info, self.base_config = loading.load_expanded(hp, self.expander, attn)
         model = expansion.model
         if hp.get("gradient_checkpointing", False):
@@ -199,6 +201,21 @@ class BlockExpansionModule(L.LightningModule):
             from .distributed import shard_fsdp2
 
             shard_fsdp2(model, mesh["data_parallel"])
+
+    def _computes_in_half_precision(self) -> bool:
+        """Whether the model computes in 16 bits on a CUDA device (so ``auto`` may pick
+        flash-attn, which has no float32 kernels): the ``lean`` policy (bf16 autocast), a 16-bit
+        base ``dtype`` or a 16-bit trainer precision; never when the trainer runs on the CPU."""
+        hp = self.hparams
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.strategy.root_device.type != "cuda":
+            return False
+        if hp.get("precision_policy", "full") == "lean":
+            return True
+        if str(hp.get("dtype", "float32")) in ("bfloat16", "float16"):
+            return True
+        precision = str(getattr(trainer, "precision", "") or "")
+        return precision.startswith(("bf16", "16"))
 
     def _check_vocab(self, model: torch.nn.Module) -> None:
         """Refuse a tokenizer with more ids than the model's embedding has rows."""
@@ -257,7 +274,15 @@ class BlockExpansionModule(L.LightningModule):
             self._check_export_target(trainer)
 
     def on_fit_start(self) -> None:
-        self._check_run_dirs(self.trainer)
+        # Strategies that restore the checkpoint after setup (FSDP2's ModelParallelStrategy) set
+        # trainer.ckpt_path only after this hook: a resumed run would look like a fresh one
+        # here, so they are checked at on_train_start instead.
+        if not self.trainer.strategy.restore_checkpoint_after_setup:
+            self._check_run_dirs(self.trainer)
+
+    def on_train_start(self) -> None:
+        if self.trainer.strategy.restore_checkpoint_after_setup:
+            self._check_run_dirs(self.trainer)
 
     def _run_dirs(self, trainer) -> list[Path]:
         """This run's directories: what an export must never replace."""
@@ -330,6 +355,33 @@ class BlockExpansionModule(L.LightningModule):
         # parameter on top of its activations). Nothing reads them after the step: free them now.
         optimizer.zero_grad(set_to_none=True)
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip as Lightning does, also for fused AdamW under ``bf16-mixed``.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales
+        gradients itself (fused AdamW), which is right with fp16's GradScaler but not with bf16,
+        which has no scaler: the gradients are already unscaled. Without this, ``bf16-mixed``
+        with the CLI's default clipping (1.0) failed at the first step wherever fused AdamW was
+        picked (CUDA and CPU alike).
+        """
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        plugin = self.trainer.precision_plugin
+        if (
+            gradient_clip_val
+            and isinstance(plugin, MixedPrecision)
+            and plugin.scaler is None
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        ):
+            if gradient_clip_algorithm == "value":
+                plugin.clip_grad_by_value(optimizer, float(gradient_clip_val))
+            else:  # Lightning's default algorithm: the global norm
+                plugin.clip_grad_by_norm(optimizer, float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         hp = self.hparams
         decay, no_decay = [], []
@@ -348,7 +400,10 @@ class BlockExpansionModule(L.LightningModule):
         else:
             fused = hp.get("fused_adamw", None)
             if fused is None:
-                fused = fused_adamw_supported(decay + no_decay)
+                # not with fp16's GradScaler: Lightning cannot clip for an optimizer that
+                # unscales gradients itself
+                scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+                fused = fused_adamw_supported(decay + no_decay) and scaler is None
             optimizer = torch.optim.AdamW(
                 groups,
                 lr=hp.lr,
@@ -424,12 +479,17 @@ class BlockExpansionModule(L.LightningModule):
         return self.hparams.tokenizer
 
     def export(
-        self, out: str | Path, overwrite: bool = False, weights_format: str = "safetensors"
+        self,
+        out: str | Path,
+        overwrite: bool = False,
+        weights_format: str = "safetensors",
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> Path:
         """Write the current model as a Hugging Face directory with tokenizer and manifest.
 
         ``weights_format``: ``safetensors`` or ``pytorch_bin`` (one ``pytorch_model.bin``, as
-        TRACE's inference scripts read).
+        TRACE's inference scripts read). ``state_dict``: the full weights, already gathered
+        from an FSDP2-sharded model (:func:`blockexp.checkpoint.full_state_dict`).
         """
         from .portable import same_source
         from .tokenization import load_tokenizer
@@ -454,13 +514,25 @@ class BlockExpansionModule(L.LightningModule):
                 overwrite_hint="set --model.export_overwrite true",
                 base=self.hparams.base,
                 tokenizer_from_base=same_source(spec, self.hparams.base),
+                state_dict=state_dict,
             )
         finally:
             self.model.config.use_cache = False
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            path = self.export(self.hparams.export_dir, overwrite=self.hparams.export_overwrite)
+        if not self.hparams.export_dir:
+            return
+        from .checkpoint import full_state_dict
+
+        # Under FSDP2 every rank takes part in gathering the full weights (a collective); rank 0
+        # writes them. (A strategy with an export hook exports its own model, as before.)
+        state = None if self.expander.has_export_hook else full_state_dict(self.model)
+        if self.trainer.is_global_zero:
+            path = self.export(
+                self.hparams.export_dir,
+                overwrite=self.hparams.export_overwrite,
+                state_dict=state,
+            )
             self.print(f"Exported the trained model to {path}")
 
     def describe(self) -> str:
