@@ -88,6 +88,27 @@ def test_fused_adamw_takes_the_same_steps_as_the_loop(corpus, tmp_path, make_tra
     assert not fused_adamw_supported([torch.zeros(2, dtype=torch.int64)])
 
 
+def test_bf16_mixed_clips_with_fused_adamw(corpus, tmp_path, make_trainer):
+    """bf16-mixed with clipping (the CLI's default 1.0) and fused AdamW: Lightning's plugin
+    refuses to clip for an optimizer that unscales gradients itself, though bf16 has no scaler;
+    the module clips itself, like the per-tensor loop under Lightning's own clipping."""
+    trained = []
+    for fused in (None, False):
+        torch.manual_seed(0)
+        module = BlockExpansionModule(
+            base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2), tokenizer="byte", lr=1e-2,
+            fused_adamw=fused, validate_before_fit=False,
+        )  # fmt: skip
+        trainer = make_trainer(
+            tmp_path / str(fused), steps=3, precision="bf16-mixed", gradient_clip_val=0.01
+        )
+        trainer.fit(module, datamodule=_data(corpus, tmp_path))
+        assert bool(trainer.optimizers[0].defaults.get("fused")) is (fused is None)
+        trained.append({n: p.detach() for n, p in module.model.named_parameters()})
+    for name, value in trained[0].items():
+        assert torch.allclose(value, trained[1][name], atol=1e-5), name
+
+
 def test_cosine_with_warmup_shape():
     total, warmup = 100, 6
     values = [cosine_with_warmup(s, total, warmup) for s in range(total)]

@@ -106,13 +106,3 @@ def test_step_needs_the_closure():
     assert loss is not None and param.grad is None and not torch.equal(param, torch.ones(3))
     with pytest.raises(ValueError, match="same optimizer_in_backward"):
         opt.load_state_dict({"inner": [], "param_groups": []})
-
-
-def test_bf16_mixed_with_clipping_trains_with_the_default_optimizer(tmp_path, make_trainer):
-    """Lightning's mixed-precision plugin refuses to clip with a fused optimizer; the default
-    (``fused_adamw: null``) then takes the unfused one instead of failing the first step."""
-    module = _module()
-    trainer = make_trainer(tmp_path, 2, precision="bf16-mixed", gradient_clip_val=1.0)
-    _fit(module, trainer)
-    assert trainer.global_step == 2
-    assert not trainer.optimizers[0].defaults.get("fused")

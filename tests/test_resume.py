@@ -80,3 +80,21 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch():
     assert first != second and sorted(sum(first, [])) == list(range(20))
     loader.load_state_dict({"epoch": 0, "batches": 2})
     assert [x.tolist() for x in loader] == first[2:]
+
+
+def test_epoch_sampler_shards_one_permutation_across_data_parallel_ranks():
+    """Under DDP/FSDP each rank reads its share of the same (seed, epoch) permutation, and the
+    sampler is a DistributedSampler, so Lightning keeps the resumable loader as it is (it used to
+    try to rebuild it around a sampler of its own, and failed)."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    one = EpochSampler(10, seed=3)
+    shards = [EpochSampler(10, seed=3, num_replicas=3, rank=r) for r in range(3)]
+    assert isinstance(one, DistributedSampler) and len(one) == 10
+    assert all(len(s) == len(list(s)) == 4 for s in shards)
+    padded = one.order(0) + one.order(0)[:2]  # to a multiple of 3, as DistributedSampler pads
+    assert [list(s) for s in shards] == [padded[r::3] for r in range(3)]
+    shards[1].skip = 2  # resuming mid-epoch skips this rank's consumed samples
+    assert list(shards[1]) == shards[1].order(0)[2:]
+    with pytest.raises(ValueError, match="rank"):
+        EpochSampler(10, num_replicas=2, rank=2)

@@ -79,6 +79,10 @@ class BlockExpansionModule(L.LightningModule):
             Checkpoints, the frozen fingerprint and exports still use the base's own weights.
         gradient_checkpointing: recompute decoder-layer activations in the backward pass
             (non-reentrant, so it also works when the layers below are frozen).
+        compile_layers: ``torch.compile`` each decoder layer (regional compilation; opt-in). It
+            fuses the modelling code's elementwise work (norms, rotary embedding, SwiGLU,
+            casts), which takes about a third of a block-expansion step on an H100 (see
+            docs/performance.md); the first steps pay the compilation.
         save_frozen: also store the frozen parameters in training checkpoints. By default a
             checkpoint holds only what resuming needs (trainable parameters, optimizer and loop
             state) plus a fingerprint of the frozen weights; resuming and ``blockexp export``
@@ -96,9 +100,9 @@ class BlockExpansionModule(L.LightningModule):
         fused_adamw: use PyTorch's fused AdamW kernel (one kernel over all trainable tensors;
             same update rule, float rounding may differ in the last bits from the per-tensor
             loop). ``None`` (default): fused where supported (every trainable parameter a plain
-            CPU or CUDA float tensor on one device type; not FSDP's DTensors; and not when
-            Lightning's ``bf16-mixed``/``16-mixed`` plugin clips gradients, which it refuses to do
-            for an optimizer that unscales internally), else PyTorch's default implementation.
+            CPU or CUDA float tensor on one device type; not FSDP's DTensors; not under
+            ``16-mixed``, whose gradient scaler Lightning cannot combine with clipping a fused
+            optimizer), else PyTorch's default implementation.
         optimizer_state: ``fp32`` (default): AdamW moments in float32, 8 bytes per trainable
             parameter. ``int8`` (opt-in, extra ``lowmem``): torchao's ``AdamW8bit``, moments
             block-wise quantised to 8 bits (2 bytes per parameter; tensors under 4,096
@@ -132,6 +136,7 @@ class BlockExpansionModule(L.LightningModule):
         validate_before_fit: bool = True,
         precision_policy: Literal["full", "lean", "lean-int8", "lean-nf4"] = "full",
         gradient_checkpointing: bool = False,
+        compile_layers: bool = False,
         save_frozen: bool = False,
         chunked_loss: bool = True,
         loss_chunk_mb: float = 256.0,
@@ -207,11 +212,12 @@ class BlockExpansionModule(L.LightningModule):
         from .checkpoint import load_config
 
         attn = hp.attn_implementation
+        half = self._computes_in_half_precision()
         if attn in (None, "auto"):  # the model class decides between sdpa and eager
             config = load_config(hp.base, trust_remote_code=hp.get("trust_remote_code", False))
-            attn = select_attn_implementation(attn, config)
+            attn = select_attn_implementation(attn, config, half_precision=half)
         else:
-            attn = select_attn_implementation(attn)
+            attn = select_attn_implementation(attn, half_precision=half)
         expansion, self.base_info, self.base_config = loading.load_expanded(hp, self.expander, attn)
         model = expansion.model
         if hp.get("gradient_checkpointing", False):
@@ -239,6 +245,39 @@ class BlockExpansionModule(L.LightningModule):
             from .distributed import shard_fsdp2
 
             shard_fsdp2(model, mesh["data_parallel"])
+        if hp.get("compile_layers", False):
+            self._compile_layers(model)
+
+    @staticmethod
+    def _compile_layers(model: torch.nn.Module) -> None:
+        """``torch.compile`` every decoder layer in place (one graph per layer kind; layers differ
+        in index and in being frozen, so dynamo's per-function cache must hold them all)."""
+        from torch import _dynamo
+
+        from .layers import get_arch
+
+        layers = list(get_arch(model.config).layers(model))
+        limit = 2 * len(layers) + 8
+        _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, limit)
+        for layer in layers:
+            layer.compile()
+
+    def _computes_in_half_precision(self) -> bool:
+        """Whether the model computes in 16 bits on a CUDA device (so ``auto`` may pick
+        flash-attn, which has no float32 kernels): the ``lean`` policy (bf16 autocast), a 16-bit
+        base ``dtype`` or a 16-bit trainer precision; never when the trainer runs on the CPU."""
+        hp = self.hparams
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.strategy.root_device.type != "cuda":
+            return False
+        from .precision import is_lean
+
+        if is_lean(hp.get("precision_policy", "full")):
+            return True
+        if str(hp.get("dtype", "float32")) in ("bfloat16", "float16"):
+            return True
+        precision = str(getattr(trainer, "precision", "") or "")
+        return precision.startswith(("bf16", "16"))
 
     def _check_vocab(self, model: torch.nn.Module) -> None:
         """Refuse a tokenizer with more ids than the model's embedding has rows."""
@@ -328,7 +367,15 @@ class BlockExpansionModule(L.LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        self._check_run_dirs(self.trainer)
+        # Strategies that restore the checkpoint after setup (FSDP2's ModelParallelStrategy) set
+        # trainer.ckpt_path only after this hook: a resumed run would look like a fresh one
+        # here, so they are checked at on_train_start instead.
+        if not self.trainer.strategy.restore_checkpoint_after_setup:
+            self._check_run_dirs(self.trainer)
+
+    def on_train_start(self) -> None:
+        if self.trainer.strategy.restore_checkpoint_after_setup:
+            self._check_run_dirs(self.trainer)
 
     def _run_dirs(self, trainer) -> list[Path]:
         """This run's directories: what an export must never replace."""
@@ -401,6 +448,33 @@ class BlockExpansionModule(L.LightningModule):
         # parameter on top of its activations). Nothing reads them after the step: free them now.
         optimizer.zero_grad(set_to_none=True)
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip as Lightning does, also for fused AdamW under ``bf16-mixed``.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales
+        gradients itself (fused AdamW), which is right with fp16's GradScaler but not with bf16,
+        which has no scaler: the gradients are already unscaled. Without this, ``bf16-mixed``
+        with the CLI's default clipping (1.0) failed at the first step wherever fused AdamW was
+        picked (CUDA and CPU alike).
+        """
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        plugin = self.trainer.precision_plugin
+        if (
+            gradient_clip_val
+            and isinstance(plugin, MixedPrecision)
+            and plugin.scaler is None
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        ):
+            if gradient_clip_algorithm == "value":
+                plugin.clip_grad_by_value(optimizer, float(gradient_clip_val))
+            else:  # Lightning's default algorithm: the global norm
+                plugin.clip_grad_by_norm(optimizer, float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         hp = self.hparams
         decay, no_decay = [], []
@@ -421,7 +495,10 @@ class BlockExpansionModule(L.LightningModule):
         else:
             fused = hp.get("fused_adamw", None)
             if fused is None:
-                fused = fused_adamw_supported(decay + no_decay) and not self._amp_clipping()
+                # not with fp16's GradScaler: Lightning cannot clip for an optimizer that
+                # unscales gradients itself
+                scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+                fused = fused_adamw_supported(decay + no_decay) and scaler is None
 
             def make(param_groups):
                 return torch.optim.AdamW(
@@ -443,15 +520,6 @@ class BlockExpansionModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-    def _amp_clipping(self) -> bool:
-        """Whether Lightning's mixed-precision plugin will clip gradients: it refuses to with an
-        optimizer that unscales internally, which a fused AdamW declares itself to be."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:
-            return False
-        mixed = str(trainer.precision) in ("bf16-mixed", "16-mixed")
-        return mixed and bool(trainer.gradient_clip_val)
 
     # -- checkpoints and export -----------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -514,12 +582,17 @@ class BlockExpansionModule(L.LightningModule):
         return self.hparams.tokenizer
 
     def export(
-        self, out: str | Path, overwrite: bool = False, weights_format: str = "safetensors"
+        self,
+        out: str | Path,
+        overwrite: bool = False,
+        weights_format: str = "safetensors",
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> Path:
         """Write the current model as a Hugging Face directory with tokenizer and manifest.
 
         ``weights_format``: ``safetensors`` or ``pytorch_bin`` (one ``pytorch_model.bin``, as
-        TRACE's inference scripts read).
+        TRACE's inference scripts read). ``state_dict``: the full weights, already gathered
+        from an FSDP2-sharded model (:func:`blockexp.checkpoint.full_state_dict`).
         """
         from .portable import same_source
         from .tokenization import load_tokenizer
@@ -545,6 +618,7 @@ class BlockExpansionModule(L.LightningModule):
                 overwrite_hint="set --model.export_overwrite true",
                 base=self.hparams.base,
                 tokenizer_from_base=same_source(spec, self.hparams.base),
+                state_dict=state_dict,
             )
         finally:
             self.model.config.use_cache = False
@@ -585,12 +659,26 @@ class BlockExpansionModule(L.LightningModule):
         return trained
 
     def on_fit_end(self) -> None:
+        if not self.hparams.export_dir:
+            return
+        from .checkpoint import full_state_dict
         from .quantize import is_quantised_policy
 
-        if self.hparams.export_dir and is_quantised_policy(self.hparams.precision_policy):
-            self._gathered = self._trained_state()  # on every rank, before rank 0 exports
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            path = self.export(self.hparams.export_dir, overwrite=self.hparams.export_overwrite)
+        # Under FSDP2 every rank takes part in gathering the full weights (a collective); rank 0
+        # writes them. (A strategy with an export hook exports its own model, as before.) With a
+        # quantised base only the trainable parameters are gathered: the export rebuilds the
+        # frozen ones from the base (_unquantised_model).
+        state = None
+        if is_quantised_policy(self.hparams.get("precision_policy", "full")):
+            self._gathered = self._trained_state()
+        elif not self.expander.has_export_hook:
+            state = full_state_dict(self.model)
+        if self.trainer.is_global_zero:
+            path = self.export(
+                self.hparams.export_dir,
+                overwrite=self.hparams.export_overwrite,
+                state_dict=state,
+            )
             self.print(f"Exported the trained model to {path}")
 
     def describe(self) -> str:

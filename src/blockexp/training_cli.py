@@ -175,4 +175,13 @@ class BlockexpCLI(LightningCLI):
         if not cfg.get("ckpt_path"):  # refuse a used run directory before anything runs
             self.model._check_run_dirs(self.trainer, resuming=False)
         if self.model.hparams.validate_before_fit and not cfg.get("ckpt_path"):
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+            # Under torch.no_grad, not inference mode: tensors this validation creates and
+            # training reuses (FSDP2's unsharded parameter buffers) must not be inference
+            # tensors, or the first training step fails ("Inference tensors do not track version
+            # counter"). Lightning does the same for validation inside fit.
+            loop = self.trainer.validate_loop
+            inference_mode, loop.inference_mode = loop.inference_mode, False
+            try:
+                self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+            finally:
+                loop.inference_mode = inference_mode

@@ -106,12 +106,16 @@ class BlockexpDataModule(L.LightningDataModule):
         epoch = None
         if self.reload_every_epoch:
             epoch = trainer.current_epoch if trainer is not None else 0
+        # data-parallel share: {} on one device; num_replicas and rank under DDP/FSDP
+        shard = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs", None)
         return ResumableDataLoader(
             dataset,
             self.batch_size,
             seed=self.seed,
             consumed=self._batches_consumed,
             epoch=epoch,
+            num_replicas=int((shard or {}).get("num_replicas", 1)),
+            rank=int((shard or {}).get("rank", 0)),
             collate_fn=collate_fn,
             drop_last=False,
             **self._worker_options(),

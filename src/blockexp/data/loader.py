@@ -10,37 +10,65 @@ because Lightning prefetches one batch ahead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 __all__ = ["EpochSampler", "ResumableDataLoader"]
 
 
-class EpochSampler(Sampler[int]):
-    """Indices in a permutation that depends only on ``(seed, epoch)``; can skip a prefix."""
+class EpochSampler(DistributedSampler):
+    """Indices in a permutation that depends only on ``(seed, epoch)``; can skip a prefix.
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+    With ``num_replicas`` > 1 (data-parallel training) each ``rank`` takes every
+    ``num_replicas``-th index of the same permutation, padded by its first indices to a multiple
+    of ``num_replicas`` (``DistributedSampler``'s split). It is a ``DistributedSampler`` so that
+    Lightning keeps it rather than rebuilding the loader around a sampler of its own (which
+    ``ResumableDataLoader`` cannot take, and which would not resume mid-epoch).
+    """
+
+    def __init__(
+        self, size: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        # DistributedSampler.__init__ wants a dataset and an initialised process group; only
+        # the attributes below are read.
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas}).")
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.drop_last = False
+        self.num_samples = math.ceil(size / num_replicas)
+        self.total_size = self.num_samples * num_replicas
         self.epoch = 0
         self.skip = 0
 
     def order(self, epoch: int) -> list[int]:
+        """This rank's indices of epoch ``epoch``."""
         if not self.shuffle:
-            return list(range(self.size))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.size, generator=generator).tolist()
+            full = list(range(self.size))
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            full = torch.randperm(self.size, generator=generator).tolist()
+        if self.num_replicas == 1:
+            return full
+        full += (full * math.ceil(self.total_size / max(1, len(full))))[
+            : self.total_size - self.size
+        ]
+        return full[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         skip, self.skip = self.skip, 0
         return iter(self.order(self.epoch)[skip:])
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_samples
 
 
 class ResumableDataLoader(DataLoader):
@@ -55,6 +83,8 @@ class ResumableDataLoader(DataLoader):
         epoch: for a loader made anew every epoch, the trainer's current epoch: every pass
             then uses that epoch's order (Lightning may call ``iter`` more than once per epoch).
             By default passes count epochs from 0.
+        num_replicas: data-parallel processes (each reads its own share of every epoch).
+        rank: this process's data-parallel rank.
         **kwargs: passed to ``DataLoader`` (``num_workers``, ``collate_fn``, ...).
     """
 
@@ -65,9 +95,13 @@ class ResumableDataLoader(DataLoader):
         seed: int = 0,
         consumed: Callable[[], int | None] | None = None,
         epoch: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
         **kwargs: Any,
     ) -> None:
-        sampler = EpochSampler(len(dataset), seed=seed, shuffle=True)
+        sampler = EpochSampler(
+            len(dataset), seed=seed, shuffle=True, num_replicas=num_replicas, rank=rank
+        )
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self._consumed = consumed
         self._pinned = epoch
