@@ -157,21 +157,56 @@ def run_child(mode: str, base: Path, out: Path, groups: int, shard: str) -> dict
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def timed_command(base: Path, out: Path, groups: int, shard: str) -> dict:
+# Linux keeps a process's peak RSS across exec (``ru_maxrss`` takes the replaced image's
+# high-water mark), so a command spawned from this process, which holds the generated checkpoint's
+# tensors and torch, would report this process's RSS as its own. Commands are therefore started by
+# a small spawner process that is started before anything large is imported or allocated.
+SPAWNER = r"""
+import json, os, subprocess, sys, time
+for line in sys.stdin:
+    cmd, env = json.loads(line)
+    with open(os.devnull, "wb") as sink:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.PIPE, env=env)
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "peak": usage.ru_maxrss * 1024,
+                      "code": os.waitstatus_to_exitcode(status),
+                      "stderr": err.decode(errors="replace")[-3000:]}), flush=True)
+"""
+
+
+class Spawner:
+    """A small long-lived process that runs commands and reports wall time and peak RSS."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SPAWNER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, cmd: list[str]) -> dict:
+        self.proc.stdin.write(json.dumps([cmd, _env()]) + "\n")
+        self.proc.stdin.flush()
+        result = json.loads(self.proc.stdout.readline())
+        if result["code"] != 0:
+            raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{result['stderr']}")
+        return result
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def timed_command(spawner: Spawner, base: Path, out: Path, groups: int, shard: str) -> dict:
     """``python -m blockexp expand ...`` end to end: wall seconds and the child's peak RSS."""
     cmd = [sys.executable, "-m", "blockexp", "expand", "--base", str(base), "--out", str(out),
            "--expander", "LlamaPro", "--expander.num_groups", str(groups),
            "--max_shard_size", shard]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            log.seek(0)
-            raise RuntimeError(f"blockexp expand failed:\n{log.read().decode()[-3000:]}")
-    return {"seconds": seconds, "peak": usage.ru_maxrss * 1024}
+    return spawner.run(cmd)
 
 
 def timed_cp(src: Path, dst: Path) -> float:
@@ -190,6 +225,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the files")
     args = parser.parse_args()
 
+    spawner = Spawner()  # before this process grows (see SPAWNER)
     work = Path(tempfile.mkdtemp(prefix="blockexp-bench-", dir=args.workdir))
     try:
         t0 = time.perf_counter()
@@ -203,7 +239,9 @@ def main() -> None:
         for r in range(args.repeats):
             cp_times.append(timed_cp(work / "base", work / f"cp{r}"))
             shutil.rmtree(work / f"cp{r}")
-            command.append(timed_command(work / "base", work / f"c{r}", groups, args.shard))
+            command.append(
+                timed_command(spawner, work / "base", work / f"c{r}", groups, args.shard)
+            )
             out_size = sum(f.stat().st_size for f in (work / f"c{r}").iterdir())
             shutil.rmtree(work / f"c{r}")
             stream.append(run_child("stream", work / "base", work / f"s{r}", groups, args.shard))
@@ -234,6 +272,7 @@ def main() -> None:
                 f"   peak RSS {m['peak'] / 1e6:.0f} MB = {m['peak'] / size:.3f}x checkpoint"
             )
     finally:
+        spawner.close()
         if args.keep:
             print(f"kept {work}")
         else:

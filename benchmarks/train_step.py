@@ -206,12 +206,7 @@ OPT_INS = {
     "optimizer_state int8": _opt_in(optimizer_state="int8"),
     "optimizer_in_backward": _opt_in(clip=None, optimizer_in_backward=True),
     "lean-int8 + int8 state": _opt_in(precision_policy="lean-int8", optimizer_state="int8"),
-    "lean-int8 + int8 state + in-backward": _opt_in(
-        clip=None, precision_policy="lean-int8", optimizer_state="int8", optimizer_in_backward=True
-    ),
-    "lean-nf4 + int8 state + in-backward": _opt_in(
-        clip=None, precision_policy="lean-nf4", optimizer_state="int8", optimizer_in_backward=True
-    ),
+    "lean-nf4 + int8 state": _opt_in(precision_policy="lean-nf4", optimizer_state="int8"),
     "gradient_checkpointing": _opt_in(gradient_checkpointing=True),
     "lean-int8 + int8 + in-bwd + checkpointing": _opt_in(
         clip=None,
@@ -280,8 +275,19 @@ def _med(values):
     return statistics.median(values)
 
 
+def _chosen(names: list[str], args) -> list[str]:
+    """``--variants`` (comma-separated substrings) narrows the opt-ins compared."""
+    if not args.variants:
+        return names
+    wanted = [w.strip() for w in args.variants.split(",") if w.strip()]
+    return [n for n in names if any(w == n or w in n for w in wanted)]
+
+
 def part_memory(cfg: dict, args) -> None:
-    variants = {"peer layout (lean, fp32 AdamW)": PEER_LAYOUT, **OPT_INS}
+    variants = {
+        "peer layout (lean, fp32 AdamW)": PEER_LAYOUT,
+        **{n: OPT_INS[n] for n in _chosen(list(OPT_INS), args)},
+    }
     if not args.no_context:
         variants["Lightning bf16-mixed, all fp32"] = ALL_FP32
     print(f"[1] memory opt-ins vs the peer layout, {args.rounds} alternated rounds")
@@ -403,8 +409,22 @@ print(json.dumps({"train": sum(losses[-20:]) / len(losses[-20:]),
 """
 
 
+# Gradient checkpointing recomputes the same values: its loss is lean's (not re-run here).
+LOSS_VARIANTS = [
+    "lean-int8 (quantised base)",
+    "lean-nf4 (quantised base)",
+    "optimizer_state int8",
+    "optimizer_in_backward",
+    "lean-int8 + int8 state",
+    "lean-nf4 + int8 state",
+]
+
+
 def part_loss(cfg: dict, args) -> None:
-    variants = {"lean (reference)": PEER_LAYOUT, **OPT_INS}
+    variants = {
+        "lean (reference)": PEER_LAYOUT,
+        **{n: OPT_INS[n] for n in _chosen(LOSS_VARIANTS, args)},
+    }
     print(
         f"[4] loss after {args.loss_steps} steps on the quickstart corpus (Llama h=256, 8 -> 10 "
         "layers, batch 8 x 128, lr 2e-3), ratio to lean's (goal: within 1%)"
@@ -527,7 +547,17 @@ def main() -> None:
     parser.add_argument(
         "--no-context", action="store_true", help="skip the all-fp32 bf16-mixed context row"
     )
+    parser.add_argument(
+        "--variants", default="", help="comma list: compare only opt-ins whose name contains one"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny shape, one step each (tests the script)"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.hidden, args.inter, args.heads, args.layers, args.vocab = 64, 128, 4, 4, 300
+        args.seq_len, args.steps, args.warmup, args.rounds, args.loss_steps = 32, 1, 1, 1, 3
+        args.no_context = True
     if args.layers % 4:
         parser.error("--layers must be a multiple of 4")
     cfg = dict(

@@ -74,3 +74,21 @@ def test_vs_trainer_benchmark_smoke():
     out = result.stdout
     assert "names and counts equal on both sides" in out, out
     assert "median blockexp/peer over 1 rounds: tokens/s" in out, out
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_smoke():
+    """``benchmarks/train_step.py --smoke``: the memory table and the loss check on a tiny shape
+    (the quantised base and in-backward opt-ins against the peer layout)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torchao")
+    cmd = [sys.executable, str(BENCH / "train_step.py"), "--smoke", "--parts", "memory,loss",
+           "--variants", "lean-int8 (quantised base),optimizer_in_backward"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for row in ("peer layout (lean, fp32 AdamW)", "lean-int8 (quantised base)", "lean (reference)"):
+        assert row in out, out
+    assert out.count("optimizer_in_backward") >= 2, out
