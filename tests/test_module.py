@@ -169,9 +169,9 @@ def test_int8_optimizer_state_trains_close_to_fp32_and_resumes(corpus, tmp_path,
 
     base = tiny_llama_dict(4, hidden_size=64, intermediate_size=128)
     losses = {}
-    for state in ("fp32", "int8"):
-        torch.manual_seed(0)
-        module = BlockExpansionModule(
+
+    def make(state: str) -> BlockExpansionModule:
+        return BlockExpansionModule(
             base=base,
             expander=LlamaPro(num_groups=2),
             tokenizer="byte",
@@ -179,6 +179,10 @@ def test_int8_optimizer_state_trains_close_to_fp32_and_resumes(corpus, tmp_path,
             optimizer_state=state,
             fused_adamw=False,
         )
+
+    for state in ("fp32", "int8"):
+        torch.manual_seed(0)
+        module = make(state)
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / state, save_last=True)
         trainer = make_trainer(
             tmp_path / state,
@@ -195,14 +199,7 @@ def test_int8_optimizer_state_trains_close_to_fp32_and_resumes(corpus, tmp_path,
             assert "OptimState8bit" in dtypes  # the large tensors' moments are 8-bit
             saved = torch.load(tmp_path / state / "last.ckpt", weights_only=True)
             assert saved["optimizer_states"]
-            resumed = BlockExpansionModule(
-                base=base,
-                expander=LlamaPro(num_groups=2),
-                tokenizer="byte",
-                lr=3e-3,
-                optimizer_state=state,
-                fused_adamw=False,
-            )
+            resumed = make(state)
             from blockexp.checkpoint_io import AtomicCheckpointIO  # the CLI's checkpoint IO
 
             make_trainer(tmp_path / "resumed", steps=32, plugins=[AtomicCheckpointIO()]).fit(

@@ -123,16 +123,19 @@ def test_fit_resume_and_export_use_the_base_weights(base_dir, tmp_path, make_tra
     from blockexp.export import export_checkpoint
     from tests.conftest import RandomBlocks
 
-    module = BlockExpansionModule(
-        base=str(base_dir),
-        expander=LlamaPro(num_groups=2),
-        tokenizer="byte",
-        lr=1e-2,
-        precision_policy="lean-int8",
-        optimizer_state="int8",
-        validate_before_fit=False,
-        export_dir=str(tmp_path / "export"),
-    )
+    def lean_int8(**kw) -> BlockExpansionModule:
+        return BlockExpansionModule(
+            base=str(base_dir),
+            expander=LlamaPro(num_groups=2),
+            tokenizer="byte",
+            lr=1e-2,
+            precision_policy="lean-int8",
+            optimizer_state="int8",
+            validate_before_fit=False,
+            **kw,
+        )
+
+    module = lean_int8(export_dir=str(tmp_path / "export"))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = make_trainer(tmp_path, 3, callbacks=[ckpt], enable_checkpointing=True)
     trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(seq_len=32), batch_size=2))
@@ -160,15 +163,7 @@ def test_fit_resume_and_export_use_the_base_weights(base_dir, tmp_path, make_tra
     assert set(again) == set(exported)
     assert all(torch.equal(again[k], exported[k]) for k in exported)
 
-    resumed = BlockExpansionModule(
-        base=str(base_dir),
-        expander=LlamaPro(num_groups=2),
-        tokenizer="byte",
-        lr=1e-2,
-        precision_policy="lean-int8",
-        optimizer_state="int8",
-        validate_before_fit=False,
-    )
+    resumed = lean_int8()
     from blockexp.checkpoint_io import AtomicCheckpointIO  # the CLI's (torchao's 8-bit state)
 
     trainer2 = make_trainer(tmp_path / "r", 5, plugins=[AtomicCheckpointIO()])

@@ -375,16 +375,14 @@ register_arch(ArchSpec("mistral"))
 # Qwen2: the Llama layout with q/k/v biases (o_proj has none); per-layer ``layer_types`` and the
 # full/sliding boundary ``max_window_layers``.
 register_arch(ArchSpec("qwen2", layer_count_boundaries=("max_window_layers",)))
+# Per-head q/k RMSNorms inside attention (Qwen3, Qwen3-MoE, Gemma 3, OLMo 2).
+_QK_NORMS = ("self_attn.q_norm", "self_attn.k_norm")
+_QWEN3_NORMS = ("input_layernorm", "post_attention_layernorm", *_QK_NORMS)
 # Qwen3: Qwen2's config fields, no q/k/v biases, per-head q/k RMSNorms inside attention.
 register_arch(
     ArchSpec(
         "qwen3",
-        layer_norms=(
-            "input_layernorm",
-            "post_attention_layernorm",
-            "self_attn.q_norm",
-            "self_attn.k_norm",
-        ),
+        layer_norms=_QWEN3_NORMS,
         layer_count_boundaries=("max_window_layers",),
     )
 )
@@ -402,9 +400,7 @@ _GEMMA2_NORMS = (
 # identity); alternating sliding/global attention in ``layer_types``.
 register_arch(ArchSpec("gemma2", layer_norms=_GEMMA2_NORMS))
 # Gemma 3 text models: Gemma 2's layout plus q/k norms; ``layer_types`` (its rope per type).
-register_arch(
-    ArchSpec("gemma3_text", layer_norms=(*_GEMMA2_NORMS, "self_attn.q_norm", "self_attn.k_norm"))
-)
+register_arch(ArchSpec("gemma3_text", layer_norms=(*_GEMMA2_NORMS, *_QK_NORMS)))
 # OLMo 2: post-norm blocks, x + norm(attn(x)) and x + norm(mlp(x)); q/k norms over all heads.
 register_arch(
     ArchSpec(
@@ -412,8 +408,7 @@ register_arch(
         layer_norms=(
             "post_attention_layernorm",
             "post_feedforward_layernorm",
-            "self_attn.q_norm",
-            "self_attn.k_norm",
+            *_QK_NORMS,
         ),
     )
 )
@@ -463,12 +458,7 @@ register_arch(
         "qwen3_moe",
         moe_residual_writers=("self_attn.o_proj", "mlp.experts.down_proj"),
         checkpoint_residual_writers=_QWEN_MOE_CHECKPOINT_WRITERS,
-        layer_norms=(
-            "input_layernorm",
-            "post_attention_layernorm",
-            "self_attn.q_norm",
-            "self_attn.k_norm",
-        ),
+        layer_norms=_QWEN3_NORMS,
         layer_count_boundaries=("max_window_layers",),
         dense_layers_list="mlp_only_layers",
         sparse_step="decoder_sparse_step",
