@@ -155,7 +155,7 @@ class BlockExpansionModule(L.LightningModule):
         from .quantize import is_quantised_policy, require_torchao
 
         if is_quantised_policy(precision_policy):
-            require_torchao(precision_policy)
+            require_torchao(f"model.precision_policy: {precision_policy}")
             if save_frozen:
                 raise ValueError(
                     f"precision_policy {precision_policy} keeps the frozen weights quantised in "
@@ -169,13 +169,7 @@ class BlockExpansionModule(L.LightningModule):
                 f"model.optimizer_state must be 'fp32' or 'int8', got {optimizer_state!r}."
             )
         if optimizer_state == "int8":
-            import importlib.util
-
-            if importlib.util.find_spec("torchao") is None:
-                raise ImportError(
-                    "model.optimizer_state: int8 needs torchao: pip install -e '.[lowmem]' "
-                    "(or pip install 'torchao>=0.18,<0.19')."
-                )
+            require_torchao("model.optimizer_state: int8")
         if not loss_chunk_mb > 0:
             raise ValueError(
                 f"model.loss_chunk_mb must be > 0 (MiB of float32 logits per loss chunk), got "

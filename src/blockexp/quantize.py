@@ -60,12 +60,13 @@ def is_quantised_policy(policy: str | None) -> bool:
     return policy in QUANTISED_POLICIES
 
 
-def require_torchao(policy: str) -> None:
-    """Raise a clear ImportError naming the extra when torchao is missing."""
+def require_torchao(what: str) -> None:
+    """Raise a clear ImportError naming the extra when torchao is missing (``what``: the setting
+    that needs it, e.g. ``model.optimizer_state: int8``)."""
     if importlib.util.find_spec("torchao") is None:
         raise ImportError(
-            f"precision_policy {policy} stores the frozen base quantised with torchao: "
-            "pip install -e '.[lowmem]' (or pip install 'torchao>=0.18,<0.19')."
+            f"{what} needs torchao: pip install -e '.[lowmem]' "
+            "(or pip install 'torchao>=0.18,<0.19')."
         )
 
 
