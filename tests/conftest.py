@@ -251,3 +251,35 @@ def corpus(tmp_path):
         for _ in range(200):
             f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(30))}) + "\n")
     return path
+
+
+# ---------------------------------------------------------------------------- fault-suite table
+FAULT_ROWS: list[dict] = []
+FAULT_COLUMNS = ("trials", "refused", "survived", "partial outputs", "executed", "lost inputs")
+
+
+def record_faults(suite: str, **counts: int) -> None:
+    """Record one fault-injection suite's counts (keys: :data:`FAULT_COLUMNS` with ``_`` for
+    spaces, plus any detail); printed as one table at the end of the run."""
+    FAULT_ROWS.append({"suite": suite, **{k.replace("_", " "): v for k, v in counts.items()}})
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault suites' counts as one table (docs/security.md is re-measured from it)."""
+    if not FAULT_ROWS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("fault injection (docs/security.md):")
+    write("| suite | " + " | ".join(FAULT_COLUMNS) + " | detail |")
+    write("|---|" + "---|" * (len(FAULT_COLUMNS) + 1))
+    totals = dict.fromkeys(FAULT_COLUMNS, 0)
+    for row in FAULT_ROWS:
+        cells = []
+        for col in FAULT_COLUMNS:
+            value = row.get(col)
+            cells.append("" if value is None else str(value))
+            totals[col] += value or 0
+        detail = ", ".join(f"{k} {v}" for k, v in row.items() if k not in (*FAULT_COLUMNS, "suite"))
+        write(f"| {row['suite']} | " + " | ".join(cells) + f" | {detail} |")
+    write("| **total** | " + " | ".join(str(totals[c]) for c in FAULT_COLUMNS) + " | |")

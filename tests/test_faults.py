@@ -20,13 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blockexp.cli import main
+from tests.conftest import record_faults
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _count(name: str, **values: int) -> None:
-    """Print one line of the counts docs/security.md tabulates (run with ``-s``)."""
-    print(f"\n[faults] {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
 
 
 def _user_error(capsys, args: list[str]) -> str:
@@ -174,7 +170,7 @@ def test_malicious_checkpoints_never_run_code(trained, tmp_path, capsys):
         else:  # the configured base is used, verified and resumed from; nothing remote runs
             main(args)
         assert not marker.exists(), name
-    _count("malicious checkpoints", trials=trials, refused=refused, executed=0)
+    record_faults("malicious checkpoints", trials=trials, refused=refused, executed=0)
 
 
 def test_remote_code_is_off_unless_the_user_turns_it_on(tmp_path, capsys):
@@ -218,28 +214,136 @@ MUTATIONS = {
 }
 
 
-def test_mutated_bases_are_refused(trained, tmp_path, capsys):
-    base, ckpt = trained
+TENSOR_MUTATIONS = {
+    **MUTATIONS,
+    "added tensor": lambda t: {**t, "model.extra.weight": torch.ones(4)},
+    "removed model.norm.weight": lambda t: {k: v for k, v in t.items() if k != "model.norm.weight"},
+    "fp64 base": lambda t: {k: v.double() for k, v in t.items()},
+}
+CONFIG_MUTATIONS = {  # (field, new value, what the message names)
+    "rope_theta": ("rope_theta", 500000.0, "rope"),
+    "hidden_act": ("hidden_act", "gelu", "hidden_act"),
+    "rms_norm_eps": ("rms_norm_eps", 1e-5, "rms_norm_eps"),
+    "max_position_embeddings": ("max_position_embeddings", 4096, "max_position_embeddings"),
+}
+
+
+def _swap_two_token_ids(folder: Path) -> None:
+    path = folder / "tokenizer.json"
+    data = json.loads(path.read_text())
+    vocab = data["model"]["vocab"]
+    a, b = list(vocab)[65:67]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    path.write_text(json.dumps(data))
+
+
+def _mutated_bases(base: Path, root: Path) -> dict[str, tuple[str, Path, str]]:
+    """``name -> (kind, mutated copy of base, what the refusal must name)``."""
     weights = load_file(base / "model.safetensors")
-    trials = refused = 0
-    for name, mutate in MUTATIONS.items():
-        mutated = tmp_path / name.replace(" ", "_")
-        shutil.copytree(base, mutated)
-        save_file(mutate(weights), mutated / "model.safetensors", metadata={"format": "pt"})
-        trials += 1  # export with --base pointing at the mutated copy
-        line = _user_error(
-            capsys,
-            ["export", "--ckpt", str(ckpt), "--base", str(mutated), "--out", str(tmp_path / "o")],
+    out = {}
+    for name, mutate in TENSOR_MUTATIONS.items():
+        folder = root / name.replace(" ", "_")
+        shutil.copytree(base, folder)
+        mutated = mutate(weights)
+        save_file(mutated, folder / "model.safetensors", metadata={"format": "pt"})
+        changed = sorted(
+            k
+            for k in set(weights) | set(mutated)
+            if k not in mutated
+            or k not in weights
+            or not torch.equal(weights[k], mutated[k])
+            or weights[k].dtype != mutated[k].dtype
         )
-        assert "differs from the one the checkpoint was trained on" in line, line
-        refused += 1
-        trials += 1  # resume with the mutated base
-        line = _user_error(
-            capsys, _fit_args(mutated, tmp_path / f"r_{mutated.name}", 4, "--ckpt_path", str(ckpt))
-        )
-        assert "differs from the one the checkpoint was trained on" in line, line
-        refused += 1
-    _count("mutated bases", trials=trials, refused=refused, accepted=trials - refused)
+        out[name] = ("tensors", folder, changed[0])
+    for name, (field, value, named) in CONFIG_MUTATIONS.items():
+        folder = root / f"config_{name}"
+        shutil.copytree(base, folder)
+        config = json.loads((folder / "config.json").read_text())
+        if field == "rope_theta":
+            config["rope_parameters"] = {"rope_theta": value, "rope_type": "default"}
+        else:
+            config[field] = value
+        (folder / "config.json").write_text(json.dumps(config))
+        out[f"config {name}"] = ("config", folder, named)
+    folder = root / "tokenizer_swap"
+    shutil.copytree(base, folder)
+    _swap_two_token_ids(folder)
+    out["two token ids swapped"] = ("tokenizer", folder, "tokenizer.json")
+    return out
+
+
+def test_mutated_bases_are_refused(trained, tmp_path, capsys):
+    """A base that differs in a tensor (values, presence, dtype), a model-defining config field or
+    a tokenizer file is refused on export and on resume, naming what changed; the export leaves
+    nothing behind."""
+    base, ckpt = trained
+    refused: dict[str, int] = {}
+    trials = 0
+    for name, (kind, mutated, named) in _mutated_bases(base, tmp_path / "bases").items():
+        out = tmp_path / "o"
+        lines = [
+            _user_error(
+                capsys, ["export", "--ckpt", str(ckpt), "--base", str(mutated), "--out", str(out)]
+            ),
+            _user_error(
+                capsys,
+                _fit_args(mutated, tmp_path / f"r_{mutated.name}", 4, "--ckpt_path", str(ckpt)),
+            ),
+        ]
+        for line in lines:
+            trials += 1
+            assert "differs from the one" in line and named in line, (name, line)
+            assert str(mutated) in line, (name, line)
+            refused[kind] = refused.get(kind, 0) + 1
+        assert not out.exists()
+    assert refused == {"tensors": 18, "config": 8, "tokenizer": 2}
+    by_kind = {f"refused {k}": v for k, v in refused.items()}
+    record_faults("mutated bases", trials=trials, refused=sum(refused.values()), **by_kind)
+
+
+def test_harmless_config_fields_are_not_a_different_base(trained, tmp_path, capsys):
+    """Fields that do not change the function (transformers_version, use_cache, dtype) may
+    differ: the export goes through and equals the one from the unchanged base."""
+    base, ckpt = trained
+    saved = tmp_path / "resaved"
+    shutil.copytree(base, saved)
+    config = json.loads((saved / "config.json").read_text())
+    config.update(transformers_version="4.99.0", use_cache=False, dtype="float32")
+    (saved / "config.json").write_text(json.dumps(config))
+    main(["export", "--ckpt", str(ckpt), "--base", str(saved), "--out", str(tmp_path / "a")])
+    main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "b")])
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_forged_base_record_is_caught_when_the_base_is_stated(trained, tmp_path, capsys):
+    """The record is an integrity check, not a signature: a checkpoint edited to name another
+    base (with that base's record and fingerprint) exports from it. Stating the real base with
+    --base refuses it."""
+    from blockexp.export import load_checkpoint_file
+
+    base, ckpt = trained
+    other = tmp_path / "other_base"
+    shutil.copytree(base, other)
+    weights = load_file(base / "model.safetensors")
+    weights["model.embed_tokens.weight"] = torch.randn_like(weights["model.embed_tokens.weight"])
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    # the forger trains on the other base once to learn its record and fingerprint
+    donor_root = tmp_path / "donor"
+    main(_fit_args(other, donor_root, 1))
+    donor = load_checkpoint_file(donor_root / "ckpt" / "last.ckpt")
+    state = load_checkpoint_file(ckpt)
+    for key in ("base_record", "frozen_fingerprint"):
+        state["blockexp"][key] = donor["blockexp"][key]
+    state["hyper_parameters"]["base"] = str(other)
+    forged = tmp_path / "forged.ckpt"
+    torch.save(state, forged)
+    main(["export", "--ckpt", str(forged), "--out", str(tmp_path / "from_forged")])  # accepted
+    line = _user_error(
+        capsys, ["export", "--ckpt", str(forged), "--base", str(base), "--out", str(tmp_path / "x")]
+    )
+    assert "differs from the one" in line and "model.embed_tokens.weight" in line, line
 
 
 # ------------------------------------------------------------------------ corrupted checkpoints
@@ -284,7 +388,241 @@ def test_corrupted_checkpoints_are_refused(trained, tmp_path, capsys):
         assert path.name in line, line
         refused += 1
     assert not (tmp_path / "o").exists()
-    _count("corrupted checkpoints", trials=trials, refused=refused, accepted=trials - refused)
+    record_faults(
+        "corrupted checkpoints", trials=trials, refused=refused, accepted=trials - refused
+    )
+
+
+def _tampered(state: dict, key: str, value: float) -> dict:
+    """``state`` with one value of trained tensor ``key`` set to ``value`` and its stored
+    checksum recomputed (so only the finiteness check can catch it)."""
+    from blockexp.loading import tensor_digests
+
+    state = {**state, "state_dict": dict(state["state_dict"]), "blockexp": dict(state["blockexp"])}
+    tensor = state["state_dict"][key].clone()
+    tensor.view(-1)[3] = value
+    state["state_dict"][key] = tensor
+    weights = {k: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    state["blockexp"]["stored_digest"] = tensor_digests(weights)
+    return state
+
+
+def test_non_finite_and_unverified_checkpoints_are_refused(trained, tmp_path, capsys):
+    """Trained weights holding NaN, inf or 3.4e38 are refused on export and resume even with a
+    recomputed checksum, naming the tensor; a checkpoint with no checksums is refused unless the
+    user passes the explicit flag (and then still must be finite)."""
+    from blockexp.export import load_checkpoint_file
+
+    base, ckpt = trained
+    state = load_checkpoint_file(ckpt)
+    key = sorted(k for k in state["state_dict"] if k.startswith("model.") and "mlp" in k)[0]
+    trials = refused = 0
+    for label, value in (("nan", float("nan")), ("inf", float("inf")), ("max", 3.4e38)):
+        path = tmp_path / f"{label}.ckpt"
+        torch.save(_tampered(state, key, value), path)
+        for args in (
+            ["export", "--ckpt", str(path), "--out", str(tmp_path / "o")],
+            _fit_args(base, tmp_path / f"r_{label}", 4, "--ckpt_path", str(path)),
+        ):
+            trials += 1
+            line = _user_error(capsys, args)
+            assert key in line and "non-finite" in line and "earlier checkpoint" in line, line
+            refused += 1
+    for dropped in ("stored_digest", "base_record"):
+        bare = {**state, "blockexp": {k: v for k, v in state["blockexp"].items() if k != dropped}}
+        path = tmp_path / f"no_{dropped}.ckpt"
+        torch.save(bare, path)
+        for args, flag in (
+            (["export", "--ckpt", str(path), "--out", str(tmp_path / "o")], "--allow_unverified"),
+            (
+                _fit_args(base, tmp_path / f"r_{dropped}", 4, "--ckpt_path", str(path)),
+                "--model.allow_unverified_checkpoint",
+            ),
+        ):
+            trials += 1
+            line = _user_error(capsys, args)
+            assert flag in line, line
+            refused += 1
+    assert not (tmp_path / "o").exists()
+    # the explicit flag lets a checkpoint of another tool through, and only a finite one
+    path = tmp_path / "no_stored_digest.ckpt"
+    main(["export", "--ckpt", str(path), "--out", str(tmp_path / "ok"), "--allow_unverified"])
+    assert (tmp_path / "ok" / "model.safetensors").is_file()
+    bare = _tampered(state, key, float("nan"))
+    del bare["blockexp"]["stored_digest"]
+    torch.save(bare, tmp_path / "nan_bare.ckpt")
+    line = _user_error(
+        capsys,
+        [
+            "export",
+            "--ckpt",
+            str(tmp_path / "nan_bare.ckpt"),
+            "--out",
+            str(tmp_path / "o"),
+            "--allow_unverified",
+        ],
+    )
+    assert key in line
+    record_faults("non-finite / unverified checkpoints", trials=trials + 1, refused=refused + 1)
+
+
+def _snapshot(*paths: Path) -> dict[str, bytes]:
+    """Every file under ``paths`` with its bytes (to prove an input was not touched)."""
+    out = {}
+    for path in paths:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            out[str(f)] = f.read_bytes()
+    return out
+
+
+def test_export_never_writes_over_its_inputs(trained, tmp_path, capsys, monkeypatch):
+    """No output may equal, contain or lie inside an input (base, checkpoint, tokenizer, config),
+    resolved through symlinks, even with --overwrite and a manifest in place; the refusal comes
+    before anything is hashed."""
+    import blockexp.base_record
+    import blockexp.loading
+    from blockexp.checkpoint import MANIFEST_NAME
+
+    base, ckpt = trained
+    expanded = tmp_path / "expanded"  # an earlier blockexp output, used as the base
+    main(
+        [
+            "expand",
+            "--base",
+            str(base),
+            "--out",
+            str(expanded),
+            "--expander",
+            "LlamaPro",
+            "--expander.num_groups",
+            "2",
+        ]
+    )
+    (ckpt.parent / MANIFEST_NAME).write_text("{}")  # looks replaceable: only the guard stops it
+    link = tmp_path / "link_to_base"
+    link.symlink_to(base, target_is_directory=True)
+    config = expanded / "export.yaml"
+    config.write_text(f"ckpt: {ckpt}\n")
+    tokenizer = tmp_path / "tok"
+    shutil.copytree(base, tokenizer)
+    (tokenizer / MANIFEST_NAME).write_text("{}")
+
+    def never(*args, **kwargs):
+        raise AssertionError("hashed before the output check")
+
+    monkeypatch.setattr(blockexp.base_record, "tensor_record", never)
+    monkeypatch.setattr(blockexp.loading, "tensor_digests", never)
+    cases = {
+        "out is the base": ["--base", str(base), "--out", str(base)],
+        "out is the checkpoint's directory": ["--out", str(ckpt.parent)],
+        "out holds the checkpoint": ["--out", str(ckpt.parent.parent)],
+        "out inside the base": ["--base", str(base), "--out", str(base / "sub")],
+        "out is a symlink to the base": ["--base", str(base), "--out", str(link)],
+        "out is the tokenizer": ["--tokenizer", str(tokenizer), "--out", str(tokenizer)],
+        "out holds the config file": ["--config", str(config), "--out", str(expanded)],
+    }
+    before = _snapshot(base, ckpt.parent, expanded, tokenizer)
+    trials = refused = 0
+    for name, extra in cases.items():
+        args = ["export", *([] if "--config" in extra else ["--ckpt", str(ckpt)]), *extra]
+        trials += 1
+        line = _user_error(capsys, [*args, "--overwrite"])
+        assert "an input of this command" in line and "Choose an output" in line, (name, line)
+        refused += 1
+    assert _snapshot(base, ckpt.parent, expanded, tokenizer) == before
+    assert link.is_symlink()
+    record_faults("outputs over inputs (export)", trials=trials, refused=refused, lost_inputs=0)
+
+
+def test_expand_and_fit_never_write_over_their_inputs(
+    tmp_path, capsys, monkeypatch, tiny_llama_dir
+):
+    """The same rule for ``expand`` (base, config file) and ``fit`` (export_dir over the data,
+    the tokenizer or the config; the run directory inside the base)."""
+    from blockexp.checkpoint import MANIFEST_NAME
+
+    monkeypatch.chdir(REPO)
+    base = tiny_llama_dir
+    (base / MANIFEST_NAME).write_text("{}")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / MANIFEST_NAME).write_text("{}")
+    shutil.copy(REPO / "data/quickstart/general.jsonl", data / "general.jsonl")
+    config = data / "extra.yaml"
+    config.write_text("model:\n  lr: 0.001\n")
+    before = _snapshot(base, data)
+    sources = '[{"name": "g", "path": "%s"}]' % (data / "general.jsonl")
+    cases = [
+        [
+            "expand",
+            "--base",
+            str(base),
+            "--out",
+            str(base),
+            "--expander",
+            "LlamaPro",
+            "--expander.num_groups",
+            "2",
+            "--overwrite",
+        ],
+        [
+            "expand",
+            "--base",
+            str(base),
+            "--out",
+            str(base / "inside"),
+            "--expander",
+            "LlamaPro",
+            "--expander.num_groups",
+            "2",
+        ],
+        [
+            "expand",
+            "--config",
+            str(config).replace("extra", "expand"),
+            "--base",
+            str(base),
+            "--out",
+            str(data),
+            "--overwrite",
+        ],
+        _fit_args(
+            base,
+            tmp_path / "r1",
+            1,
+            "--data.init_args.sources",
+            sources,
+            "--model.export_dir",
+            str(data),
+            "--model.export_overwrite",
+            "true",
+        ),
+        _fit_args(
+            base,
+            tmp_path / "r2",
+            1,
+            "--config",
+            str(config),
+            "--model.export_dir",
+            str(data),
+            "--model.export_overwrite",
+            "true",
+        ),
+        _fit_args(base, base / "run", 1),
+    ]
+    (data / "expand.yaml").write_text(
+        "expander:\n  class_path: LlamaPro\n  init_args:\n    num_groups: 2\n"
+    )
+    before = _snapshot(base, data)
+    for args in cases:
+        line = _user_error(capsys, args)
+        assert "input" in line and ("Choose" in line or "choose" in line), (args[:2], line)
+    assert _snapshot(base, data) == before
+    assert not (base / "run").exists() and not (tmp_path / "r1" / "ckpt").exists()
+    record_faults(
+        "outputs over inputs (expand, fit)", trials=len(cases), refused=len(cases), lost_inputs=0
+    )
 
 
 # ---------------------------------------------------------------------------------- bad input
@@ -363,7 +701,7 @@ def test_every_bad_input_is_one_line(tmp_path, capsys, monkeypatch, tiny_llama_d
         line = _user_error(capsys, args)
         assert where in line, (name, line)
         one_line += 1
-    _count("bad inputs", trials=len(cases), one_line=one_line, tracebacks=0)
+    record_faults("bad inputs", trials=len(cases), one_line=one_line, tracebacks=0)
     # With --debug the traceback is shown instead.
     with pytest.raises(ValueError):
         main(["--debug", *cases["malformed YAML"][0]])
@@ -500,7 +838,7 @@ def test_kill_export_at_random_points(trained, tmp_path):
     )
     leftovers = [p.name for p in tmp_path.glob(".exported.*")]
     assert not leftovers and not any((tmp_path / "system_tmp").iterdir())
-    _count(
+    record_faults(
         "kill -9 during export",
         trials=trials,
         survived=survived,
@@ -581,7 +919,7 @@ def test_kill_expand_at_random_points(tmp_path):
     leftovers = [p.name for p in tmp_path.glob(".out.*")]
     assert not leftovers, leftovers  # the next run removed what killed runs left
     assert not any((tmp_path / "system_tmp").iterdir())
-    _count(
+    record_faults(
         "kill -9 during expand",
         trials=trials,
         survived=survived,
@@ -630,7 +968,7 @@ def test_kill_fit_and_checkpoint_saves_then_resume(tmp_path, tiny_llama_dir):
     leftovers = [p.name for p in (root / "ckpt").glob(".*")]
     assert not leftovers, leftovers
     assert not any((tmp_path / "system_tmp").iterdir())  # no temp file outside the run
-    _count(
+    record_faults(
         "kill -9 during fit / checkpoint save",
         trials=trials,
         survived=survived,

@@ -248,8 +248,10 @@ def check_output_dir(
     overwrite_hint: str = "pass --overwrite true",
 ) -> Path:
     """Check that ``out`` may be written, before any work is done (see
-    :class:`atomic_output_dir` for the rules). ``protect`` may hold any model spec: inline
-    configs and hub ids have nothing on disk to protect and are skipped.
+    :class:`atomic_output_dir` for the rules). ``protect`` holds the command's inputs (any model
+    spec: inline configs and hub ids have nothing on disk and are skipped; files and
+    directories, resolved through symlinks); the config files the command line declared
+    (:mod:`blockexp.inputs`) are added.
 
     Returns:
         ``out``, resolved.
@@ -257,15 +259,19 @@ def check_output_dir(
     Raises:
         OutputExistsError: naming the conflict and the fix.
     """
+    from .inputs import declared_inputs
+
     out = Path(out).expanduser().resolve()
-    for p in protect:
+    for p in [*protect, *declared_inputs()]:
         if not isinstance(p, str | os.PathLike) or not Path(p).expanduser().exists():
             continue
         pp = Path(p).expanduser().resolve()
         if _is_within(out, pp) or _is_within(pp, out):
+            relation = "is" if out == pp else "lies inside" if _is_within(out, pp) else "holds"
             raise OutputExistsError(
-                f"Refusing to write to {out}: it overlaps the base checkpoint {pp}. "
-                "Choose an output directory outside the base model directory."
+                f"Refusing to write to {out}: it {relation} {pp}, an input of this command (a "
+                "base, checkpoint, tokenizer, data or config file), which writing there could "
+                "destroy. Choose an output directory outside every input."
             )
     for p in keep_away:
         pp = Path(p).expanduser().resolve()

@@ -200,8 +200,14 @@ def export(
     overwrite: bool = False,
     base: str | None = None,
     trust_remote_code: bool = False,
+    allow_unverified: bool = False,
 ) -> Path:
     """Export a Lightning training checkpoint as a Hugging Face directory.
+
+    The output may not equal, contain or lie inside any input (checkpoint, base, tokenizer,
+    config); the checkpoint's tensors are checked against their recorded checksums and to be
+    finite, and the base (recorded in the checkpoint, or stated with ``--base``) against the
+    checkpoint's record of its config, weight files, tokenizer and frozen weights.
 
     Args:
         ckpt: a ``.ckpt`` file written by ``blockexp fit``.
@@ -212,11 +218,16 @@ def export(
             weights are checked against the checkpoint).
         trust_remote_code: allow the base's custom modelling code (never taken from the
             checkpoint).
+        allow_unverified: accept a checkpoint without recorded checksums or base record (one
+            written by another tool); its weights must still be finite.
     """
     from .export import export_checkpoint
 
-    result = export_checkpoint(ckpt, out, tokenizer, overwrite, base, trust_remote_code)
-    _console().print(f"Exported {ckpt} to {result}")
+    result = export_checkpoint(
+        ckpt, out, tokenizer, overwrite, base, trust_remote_code, allow_unverified
+    )
+    how = "stated with --base" if base is not None else "as the checkpoint records it"
+    _console().print(f"Exported {ckpt} to {result} (base {how}, checked against its record)")
     return result
 
 
@@ -243,6 +254,7 @@ BOOL_FLAGS = (
     "--log_samples",
     "--online",
     "--confirm_run_unsafe_code",
+    "--allow_unverified",
 )
 
 
@@ -374,6 +386,9 @@ def main(argv: list[str] | None = None) -> Any:
     argv = [a for a in argv if a != "--debug"]
     if not explicit:
         sys.argv[1:] = argv
+    from .inputs import config_files, declare_inputs
+
+    declare_inputs(config_files(argv))  # no output may replace what the command reads
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return None

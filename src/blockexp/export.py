@@ -102,11 +102,13 @@ def expand_in_memory(
     return {**manifest, "tokenizer_files": copied, "base_files": carried}
 
 
-def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint_file(
+    path: str | os.PathLike, mmap: bool = False, crc: bool = True
+) -> dict[str, Any]:
     """Read a training checkpoint safely: tensors and plain data only (``weights_only``; no pickled
     code runs), after checking the archive's own CRCs, so a truncated or corrupted file is named.
-    ``mmap=True`` maps the tensors instead of reading them (for a caller that needs only the
-    plain data).
+    ``mmap=True`` maps the tensors instead of reading them, and ``crc=False`` skips the CRC pass
+    (for a caller that needs only the plain data, before any expensive work).
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -116,10 +118,11 @@ def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict[st
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-        if bad is not None:
-            raise CheckpointError(f"{path} is corrupted: {bad} fails its CRC check.")
+        if crc:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise CheckpointError(f"{path} is corrupted: {bad} fails its CRC check.")
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except CheckpointError:
         raise
@@ -135,62 +138,109 @@ def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict[st
         ) from err
 
 
+UNVERIFIED_FLAG = "--allow_unverified true"
+
+
+def checkpoint_sources(
+    state: dict[str, Any], base: str | None = None, tokenizer: str | None = None
+) -> tuple[Any, Any, bool]:
+    """``(base, tokenizer, tokenizer_is_recorded)`` an export of ``state`` uses: the given ones,
+    else those the checkpoint records (a recorded tokenizer that was the recorded base follows an
+    explicit ``base``)."""
+    from .portable import same_source
+
+    info = state.get("blockexp") or {}
+    stored = state.get("hyper_parameters", {}).get("base")
+    used = base if base is not None else stored
+    if tokenizer:
+        return used, tokenizer, False
+    recorded = info.get("tokenizer")
+    if recorded is not None and base is not None and same_source(recorded, stored):
+        recorded = base
+    return used, recorded, True
+
+
 def rebuild_from_checkpoint(
     state: dict[str, Any],
     name: str | Path = "checkpoint",
     base: str | None = None,
     trust_remote_code: bool = False,
+    tokenizer: str | None = None,
+    allow_unverified: bool = False,
 ):
     """Rebuild the plain ``transformers`` model of a ``blockexp fit`` checkpoint.
 
     Nothing in the checkpoint can raise privileges: ``trust_remote_code`` comes only from the
-    caller (off by default), and the stored base is a hint: ``base`` replaces it, and either is
-    checked against the stored digests of every frozen tensor. Every stored tensor is checked
-    against its recorded checksum first.
+    caller (off by default), and the stored base is a default: ``base`` states it explicitly.
+    Before any weight is used, every stored tensor is checked against its recorded checksum
+    (a checkpoint without checksums only with ``allow_unverified``) and to be finite; the base is
+    checked against the checkpoint's record of it (:mod:`blockexp.base_record`: config, every
+    tensor of its weight files, the tokenizer files unless ``tokenizer`` overrides the recorded
+    one), cheapest part first, and its frozen weights against the stored fingerprint.
 
     Self-contained checkpoints (``save_frozen=true``): the base architecture is built from the
     stored base config without initialising its weights (untouched allocations cost no resident
     memory), the stored expander is applied (so the module tree matches training exactly) and all
     weights are assigned. Trainable-only checkpoints (the default): the base is loaded from its
-    spec as in training, checked against the stored fingerprint of the frozen weights, expanded,
-    and the trained parameters are assigned. The expander's
-    :meth:`~blockexp.expanders.Expander.export_model` then gives the model to save.
+    spec as in training, checked, expanded, and the trained parameters are assigned. The
+    expander's :meth:`~blockexp.expanders.Expander.export_model` then gives the model to save.
     """
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
+    from .base_record import check_base_record, config_record, tensor_record, tokenizer_record
+    from .base_record import snapshot_dir
     from .checkpoint import _config_from_dict, describe_spec
     from .expanders import build_expander
-    from .loading import check_fingerprint, check_stored_tensors, load_expanded
+    from .loading import IntegrityError, check_fingerprint, load_expanded, verify_checkpoint
 
     info = state["blockexp"]
+    verify_checkpoint(state, str(name), allow_unverified, UNVERIFIED_FLAG)
     expander = build_expander(info["manifest"]["expander"])
-    if info.get("stored_digest"):
-        check_stored_tensors(state["state_dict"], info["stored_digest"], str(name))
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
     fingerprint = info.get("frozen_fingerprint")
+    record = info.get("base_record")
+    used, spec, recorded = checkpoint_sources(state, base, tokenizer)
+    if record is not None and recorded and spec is not None:
+        current = {"tokenizer": tokenizer_record(spec)}
+        check_base_record(record, current, describe_spec(used), str(spec), str(name))
     if fingerprint is None:
         config = _config_from_dict(info["base_config"])
         with no_init_weights():
             model = AutoModelForCausalLM.from_config(config)
         expansion = expander.expand(model)
     else:
+        if record is None and not allow_unverified:
+            raise IntegrityError(
+                f"{name} records nothing of its base's config, files and tokenizer, so the base "
+                f"cannot be checked whole; pass {UNVERIFIED_FLAG} to export it unchecked."
+            )
         # The checkpoint's hyper-parameters say how training loaded the base; never whether
         # remote code may run, and where the base is only as a default the caller can replace.
         hp = dict(state.get("hyper_parameters", {}))
-        stored = hp.get("base")
-        hp["base"] = base if base is not None else stored
+        hp["base"] = used
         hp["trust_remote_code"] = bool(trust_remote_code)
         try:
+            if record is not None:  # cheapest first: config and tokenizer, then every tensor
+                directory = None if isinstance(used, dict) else snapshot_dir(used)
+                current = {
+                    "config": config_record(used, trust_remote_code),
+                    "base_tokenizer": tokenizer_record(directory) if directory else None,
+                }
+                check_base_record(record, current, describe_spec(used), where=str(name))
+                current = {"tensors": tensor_record(directory) if directory else None}
+                check_base_record(record, current, describe_spec(used), where=str(name))
             expansion, _, _ = load_expanded(hp, expander)
         except OSError as err:
+            stored = state.get("hyper_parameters", {}).get("base")
             raise FileNotFoundError(
-                f"{name}: the base it was trained on, {describe_spec(stored)!r} (stored in the "
-                f"checkpoint), cannot be loaded here ({str(err).splitlines()[0]}). Pass the base "
-                "with --base DIR_OR_HUB_ID; its frozen weights are checked against the checkpoint."
+                f"{name}: the base it was trained on, {describe_spec(used)!r}"
+                f"{' (stored in the checkpoint)' if base is None else ''}, cannot be loaded here "
+                f"({str(err).splitlines()[0]}). Pass the base with --base DIR_OR_HUB_ID; it is "
+                f"checked against the checkpoint's record (recorded: {describe_spec(stored)!r})."
             ) from err
-        check_fingerprint(expansion.model, fingerprint, describe_spec(hp["base"]))
+        check_fingerprint(expansion.model, fingerprint, describe_spec(used))
         missing = sorted(n for n in expansion.trainable if n not in weights)
         if missing:
             raise ValueError(
@@ -213,8 +263,13 @@ def export_checkpoint(
     overwrite: bool = False,
     base: str | None = None,
     trust_remote_code: bool = False,
+    allow_unverified: bool = False,
 ) -> Path:
     """Export a Lightning training checkpoint as a Hugging Face directory (atomically).
+
+    The output is checked first, before anything large is read or hashed: it may not equal,
+    contain or lie inside any input (the checkpoint, the base, the tokenizer, the command's
+    config files), resolved through symlinks.
 
     Args:
         ckpt: a ``.ckpt`` file written by ``blockexp fit``.
@@ -224,31 +279,37 @@ def export_checkpoint(
         base: the base model (default: the one stored in the checkpoint); checked against it.
         trust_remote_code: allow custom modelling code of the base (never read from the
             checkpoint).
+        allow_unverified: accept a checkpoint that records no checksums (one written by another
+            tool); its weights must still be finite.
     """
-    from .checkpoint import save_pretrained_atomic
+    from .checkpoint import check_output_dir, save_pretrained_atomic
+    from .inputs import declared_inputs
     from .loading import export_dtype
+    from .portable import same_source
     from .tokenization import load_tokenizer
 
     path = Path(ckpt).expanduser()
-    state = load_checkpoint_file(path)
-    info = state.get("blockexp")
-    if info is None:
+    head = load_checkpoint_file(path, mmap=True, crc=False)  # the plain data, no tensor read
+    if head.get("blockexp") is None:
         raise CheckpointError(f"{ckpt} was not written by blockexp fit (no 'blockexp' entry).")
-    model = rebuild_from_checkpoint(state, path, base, trust_remote_code)
-    spec = tokenizer or info.get("tokenizer")
+    used, spec, _ = checkpoint_sources(head, base, tokenizer)
+    protect = [path, used, spec, *declared_inputs()]
+    check_output_dir(out, protect=protect, overwrite=overwrite)
+    del head
+    state = load_checkpoint_file(path)
+    info = state["blockexp"]
+    model = rebuild_from_checkpoint(state, path, base, trust_remote_code, tokenizer, allow_unverified)
     tok = load_tokenizer(spec) if spec else None
     policy = state.get("hyper_parameters", {}).get("precision_policy", "full")
-    from .portable import same_source
-
     # The base lends its other files (generation config, README, ...; its tokenizer files when
     # the tokenizer is its own) to the export.
     stored = state.get("hyper_parameters", {}).get("base")
-    used = base if base is not None else stored
     return save_pretrained_atomic(
         model,
         out,
         tok,
         info["manifest"],
+        protect=protect,
         overwrite=overwrite,
         dtype=export_dtype(policy),
         base=used,

@@ -13,7 +13,9 @@ from .checkpoint import ModelSpec, load_model
 from .expanders import Expander
 
 __all__ = [
+    "IMPLAUSIBLE_WEIGHT",
     "IntegrityError",
+    "check_finite",
     "check_fingerprint",
     "check_stored_tensors",
     "export_dtype",
@@ -22,6 +24,7 @@ __all__ = [
     "resolve_tokenizer_spec",
     "tensor_digest",
     "tensor_digests",
+    "verify_checkpoint",
 ]
 
 
@@ -128,6 +131,58 @@ def check_stored_tensors(
                 f"{name}: stored tensor {key} does not match its recorded checksum: the file is "
                 "corrupted."
             )
+
+
+# No trained weight comes near this; a float32 whose exponent bits were all set is 3.4e38.
+IMPLAUSIBLE_WEIGHT = 1e30
+
+
+def check_finite(state: Mapping[str, torch.Tensor], name: str) -> None:
+    """Raise :class:`IntegrityError` naming the first stored weight that holds a NaN, an infinity
+    or a value beyond :data:`IMPLAUSIBLE_WEIGHT` in magnitude (a diverged run or a tampered
+    file: exporting or resuming it would only spread it)."""
+    for key in sorted(state):
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        values = tensor.detach()
+        if hasattr(values, "full_tensor"):  # DTensor under FSDP2
+            values = values.full_tensor()
+        bad = ~torch.isfinite(values) | (values.abs() > IMPLAUSIBLE_WEIGHT)
+        if bool(bad.any()):
+            first = values.reshape(-1)[bad.reshape(-1)][0].item()
+            raise IntegrityError(
+                f"{name}: stored weight {key} holds {int(bad.sum())} non-finite or implausible "
+                f"values (e.g. {first:g}): the run diverged or the file was altered. Use an "
+                "earlier checkpoint."
+            )
+
+
+def verify_checkpoint(
+    state: Mapping[str, Any], name: str, allow_unverified: bool = False, flag: str = ""
+) -> None:
+    """Check what a blockexp checkpoint stores before any of it is used: the checksum of every
+    stored tensor (a checkpoint without checksums is refused unless ``allow_unverified``: one
+    written by another tool, which ``flag`` lets through) and that every stored weight is
+    finite."""
+    info = state.get("blockexp") or {}
+    tensors = state.get("state_dict") or {}
+    weights = {k: v for k, v in tensors.items() if k.startswith("model.")}
+    if info.get("stored_digest"):
+        check_stored_tensors(tensors, info["stored_digest"], name)
+        unrecorded = sorted(set(weights) - set(info["stored_digest"]))
+        if unrecorded:
+            raise IntegrityError(
+                f"{name}: stored tensor {unrecorded[0]} has no recorded checksum "
+                f"({len(unrecorded)} such): the file was altered."
+            )
+    elif not allow_unverified:
+        raise IntegrityError(
+            f"{name} records no checksums of its tensors, so nothing vouches for them. A "
+            "checkpoint written by blockexp fit always has them; for one written by another tool, "
+            f"pass {flag or 'the allow-unverified option'} to use it unverified."
+        )
+    check_finite(weights, name)
 
 
 def load_expanded(

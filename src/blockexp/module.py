@@ -114,6 +114,9 @@ class BlockExpansionModule(L.LightningModule):
             (4 bytes per trainable parameter less at the peak). A semantic change: no global
             gradient-norm clipping (set ``trainer.gradient_clip_val`` to null) and no gradient
             accumulation; one process only.
+        allow_unverified_checkpoint: resume from a checkpoint that records no checksums of its
+            tensors and nothing of its base (one written by another tool). Off: such a
+            checkpoint is refused. Its weights must be finite either way.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class BlockExpansionModule(L.LightningModule):
         fused_adamw: bool | None = None,
         optimizer_state: Literal["fp32", "int8"] = "fp32",
         optimizer_in_backward: bool = False,
+        allow_unverified_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         from .precision import POLICIES
@@ -226,6 +230,16 @@ class BlockExpansionModule(L.LightningModule):
         self.model = expansion.model
         if not hp.get("save_frozen", False):  # before sharding: plain tensors, no collectives
             self._frozen_digest = loading.frozen_fingerprint(model, expansion.trainable)
+        from .base_record import base_record
+
+        # The base whole (config, weight files, tokenizer files): recorded in every checkpoint,
+        # checked on resume and export. A self-contained checkpoint needs no base tensors.
+        self._base_record = base_record(
+            hp.base,
+            hp.tokenizer,
+            tensors=not hp.get("save_frozen", False),
+            trust_remote_code=hp.get("trust_remote_code", False),
+        )
         from .quantize import QUANTISED_POLICIES, quantise_frozen_linears
 
         scheme = QUANTISED_POLICIES.get(hp.get("precision_policy", "full"))
@@ -378,14 +392,39 @@ class BlockExpansionModule(L.LightningModule):
         dirs += [Path(lg.log_dir) for lg in trainer.loggers if getattr(lg, "log_dir", None)]
         return dirs
 
-    def _check_export_target(self, trainer) -> None:
-        """Refuse, before training, an export target that the end of the run may not write."""
-        from .checkpoint import check_output_dir
+    def _inputs(self, trainer, datamodule=None) -> list[Any]:
+        """What this run reads: the base, the tokenizer, the checkpoint it resumes from, and every
+        path the data module's hyper-parameters name (no output may replace them)."""
+        from .inputs import paths_in
 
+        datamodule = datamodule or getattr(trainer, "datamodule", None)
+        data = paths_in(dict(getattr(datamodule, "hparams", {}) or {}))
+        return [self.hparams.base, self.hparams.tokenizer, trainer.ckpt_path, *data]
+
+    def _check_export_target(self, trainer, datamodule=None) -> None:
+        """Refuse, before anything runs, an export target that the end of the run may not write,
+        and a run directory inside (or equal to) an input."""
+        from .checkpoint import OutputExistsError, check_output_dir
+        from .inputs import declared_inputs
+
+        inputs = [p for p in self._inputs(trainer, datamodule) if isinstance(p, str | Path)]
+        for folder in self._run_dirs(trainer):
+            folder = folder.expanduser().resolve()
+            for p in [*inputs, *declared_inputs()]:
+                pp = Path(p).expanduser()
+                if not pp.exists():
+                    continue
+                pp = pp.resolve()
+                if folder == pp or (pp.is_dir() and pp in folder.parents):
+                    raise OutputExistsError(
+                        f"Refusing to write this run's outputs to {folder}: it lies inside (or "
+                        f"is) {pp}, an input of the run. Choose another --trainer.default_root_dir "
+                        "(and checkpoint dirpath)."
+                    )
         if self.hparams.export_dir:
             check_output_dir(
                 self.hparams.export_dir,
-                protect=[self.hparams.base],
+                protect=inputs,
                 keep_away=self._run_dirs(trainer),
                 overwrite=self.hparams.export_overwrite,
                 overwrite_hint="set --model.export_overwrite true",
@@ -529,6 +568,7 @@ class BlockExpansionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = {
             "base_config": self.base_config,
+            "base_record": self._base_record,
             "manifest": self.manifest(),
             "tokenizer": self.tokenizer_spec(),
         }
@@ -547,8 +587,22 @@ class BlockExpansionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("blockexp", {})
         state = checkpoint.get("state_dict")
-        if state is not None and info.get("stored_digest"):
-            loading.check_stored_tensors(state, info["stored_digest"], "the checkpoint")
+        allow = bool(self.hparams.get("allow_unverified_checkpoint", False))
+        flag = "--model.allow_unverified_checkpoint true"
+        if state is not None:
+            loading.verify_checkpoint(checkpoint, "the checkpoint", allow, flag)
+        record = info.get("base_record")
+        if record is not None:
+            from .base_record import check_base_record
+
+            check_base_record(
+                record, self._base_record, describe_spec(self.hparams.base), self.hparams.tokenizer
+            )
+        elif not allow:
+            raise loading.IntegrityError(
+                "the checkpoint records nothing of its base's config, files and tokenizer, so the "
+                f"base cannot be checked whole; pass {flag} to resume from it unchecked."
+            )
         expected = info.get("frozen_fingerprint")
         if expected is None:
             return
@@ -595,6 +649,7 @@ class BlockExpansionModule(L.LightningModule):
         tokenizer = load_tokenizer(spec, self.hparams.trust_remote_code)
         trainer = getattr(self, "_trainer", None)
         keep_away = self._run_dirs(trainer) if trainer is not None else []
+        inputs = self._inputs(trainer) if trainer is not None else [self.hparams.base]
         source = self._unquantised_model()
         model = self.expander.export_model(source)
         model.config.use_cache = True
@@ -604,7 +659,7 @@ class BlockExpansionModule(L.LightningModule):
                 out,
                 tokenizer,
                 self.manifest(),
-                protect=[self.hparams.base],
+                protect=inputs,
                 overwrite=overwrite,
                 dtype=loading.export_dtype(self.hparams.get("precision_policy", "full")),
                 weights_format=weights_format,

@@ -172,6 +172,8 @@ class BlockexpCLI(LightningCLI):
 
     def before_fit(self) -> None:
         cfg = self.config[self.subcommand]
+        # outputs over inputs, before the data module or validation writes anything
+        self.model._check_export_target(self.trainer, self.datamodule)
         if not cfg.get("ckpt_path"):  # refuse a used run directory before anything runs
             self.model._check_run_dirs(self.trainer, resuming=False)
         if self.model.hparams.validate_before_fit and not cfg.get("ckpt_path"):
