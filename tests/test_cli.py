@@ -287,9 +287,9 @@ def test_trainable_only_checkpoint_refuses_a_changed_base(tiny_llama, tiny_llama
     with torch.no_grad():
         assert torch.equal(rebuilt(ids).logits, module.model(ids).logits)
     tiny_llama(4, seed=1).save_pretrained(tiny_llama_dir)  # the base changes on disk
-    with pytest.raises(ValueError, match="differs from the one the checkpoint was trained on"):
+    with pytest.raises(ValueError, match="differs from the one .*was trained on"):
         rebuild_from_checkpoint(state, last)
-    with pytest.raises(ValueError, match="differs from the one the checkpoint was trained on"):
+    with pytest.raises(ValueError, match="differs from the one .*was trained on"):
         _fit_from_dir(tiny_llama_dir, tmp_path / "run", 4, save_frozen=False, ckpt=str(last))
 
 
