@@ -1,12 +1,15 @@
-"""Cost of the integrity checks: digests of every frozen tensor, as a ratio to loading the base.
+"""Cost of the integrity checks, as a ratio to loading the base: digests of every frozen tensor
+and the record of the base's files.
 
 ``python benchmarks/integrity.py [--size-gb 1]``
 
 Saves a random Llama of about ``--size-gb`` (bf16 safetensors), then times, in one process and
 alternating over ``--repeats`` rounds: loading it (``blockexp.checkpoint.load_model``, what
-training and ``export`` do) and hashing every parameter
-(:func:`blockexp.loading.frozen_fingerprint`, what training does once and resume / export do to
-verify). Prints the median of each and their ratio.
+training and ``export`` do), hashing every parameter
+(:func:`blockexp.loading.frozen_fingerprint`) and recording the base whole
+(:func:`blockexp.base_record.base_record`: config, every tensor of the weight files, tokenizer
+files). Training does both once; resume and export do both to verify. Prints the median of each
+and their ratio.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from blockexp.base_record import base_record
     from blockexp.checkpoint import load_model
     from blockexp.loading import frozen_fingerprint
 
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         base = Path(tmp) / "base"
         LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(base)
         size = sum(p.stat().st_size for p in base.glob("*.safetensors"))
-        loads, reads, hashes = [], [], []
+        loads, reads, hashes, records = [], [], [], []
         for _ in range(args.repeats):
             started = time.perf_counter()
             model = load_model(str(base), dtype="auto")
@@ -57,8 +61,13 @@ def main(argv: list[str] | None = None) -> dict:
             started = time.perf_counter()
             frozen_fingerprint(model, frozenset())
             hashes.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            base_record(str(base), "byte")
+            records.append(time.perf_counter() - started)
             del model
-    load, read, digest = (statistics.median(x) for x in (loads, reads, hashes))
+    load, read, digest, record = (
+        statistics.median(x) for x in (loads, reads, hashes, records)
+    )
     print(f"base: {size / 1e9:.2f} GB ({layers} layers, bf16), page cache warm")
     print(f"load_model (lazy, mmap):          {load:.2f} s (median of {args.repeats})")
     print(f"load + read every weight once:    {load + read:.2f} s")
@@ -66,7 +75,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"digest every tensor (sha256):     {digest:.2f} s -> ratio {digest / (load + read):.2f} "
         f"of loading and reading the base ({digest / load:.1f}x the lazy load alone)"
     )
-    return {"size": size, "load": load, "read": read, "digest": digest}
+    print(
+        f"record of the base files (sha256): {record:.2f} s -> ratio {record / (load + read):.2f}"
+    )
+    both = digest + record
+    print(f"both checks:                      {both:.2f} s -> ratio {both / (load + read):.2f}")
+    return {"size": size, "load": load, "read": read, "digest": digest, "record": record}
 
 
 if __name__ == "__main__":
