@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
             base_record(str(base), "byte")
             records.append(time.perf_counter() - started)
             del model
-    load, read, digest, record = (
-        statistics.median(x) for x in (loads, reads, hashes, records)
-    )
+    load, read, digest, record = (statistics.median(x) for x in (loads, reads, hashes, records))
     print(f"base: {size / 1e9:.2f} GB ({layers} layers, bf16), page cache warm")
     print(f"load_model (lazy, mmap):          {load:.2f} s (median of {args.repeats})")
     print(f"load + read every weight once:    {load + read:.2f} s")

@@ -6,7 +6,9 @@ Writes the same number of characters twice: as ONE document on a single line (a 
 record or ``.txt`` paragraph) and as many 2 KB documents. For each, a fresh process tokenises it
 with :class:`blockexp.data.CPTDataModule` (the byte tokenizer, the cache in a temp dir) and trains
 a tiny LLaMA Pro model for 2 steps. Reported: peak RSS (``VmHWM``) and wall time of each, and
-their ratio (goal: the long document within 2x the normal corpus).
+their ratio (goal: the long document within 2x the normal corpus); with ``--rounds N`` the two
+alternate N times (which goes first alternates too) and every round's ratio is printed with
+their median.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=50.0)
     parser.add_argument("--format", choices=("jsonl", "txt"), default="jsonl")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
@@ -98,21 +103,27 @@ def main(argv: list[str] | None = None) -> dict:
             f"corpora: {args.size_mb:g} MB as one document and as 2 KB documents "
             f"({args.format}, written in {time.perf_counter() - started:.1f}s)"
         )
-        normal = measure(normal_path, folder / "cache_normal")
-        long = measure(long_path, folder / "cache_long")
-    ratio = long["peak_kb"] / normal["peak_kb"]
+        for i in range(args.rounds):
+            order = [("normal", normal_path), ("long", long_path)]
+            result = {
+                name: measure(path, folder / f"cache_{name}_{i}")
+                for name, path in (order if i % 2 == 0 else order[::-1])
+            }
+            normal, long = result["normal"], result["long"]
+            ratio = long["peak_kb"] / normal["peak_kb"]
+            rounds.append(ratio)
+            print(
+                f"round {i + 1}: normal corpus peak RSS {normal['peak_kb'] / 1e6:.2f} GB, "
+                f"{normal['seconds']:.1f}s ({normal['blocks']} blocks); one document "
+                f"{long['peak_kb'] / 1e6:.2f} GB, {long['seconds']:.1f}s ({long['blocks']} "
+                f"blocks); ratio {ratio:.2f}, time {long['seconds'] / normal['seconds']:.2f}"
+            )
+    median = statistics.median(rounds)
     print(
-        f"normal corpus:  peak RSS {normal['peak_kb'] / 1e6:.2f} GB, {normal['seconds']:.1f}s "
-        f"({normal['blocks']} blocks)"
+        f"peak RSS ratio, one document / normal corpus: median {median:.2f} "
+        f"(rounds {', '.join(f'{r:.2f}' for r in rounds)}; goal <= 2)"
     )
-    print(
-        f"one document:   peak RSS {long['peak_kb'] / 1e6:.2f} GB, {long['seconds']:.1f}s "
-        f"({long['blocks']} blocks)"
-    )
-    print(
-        f"ratio: peak RSS {ratio:.2f} (goal <= 2), time {long['seconds'] / normal['seconds']:.2f}"
-    )
-    return {"normal": normal, "long": long, "ratio": ratio}
+    return {"normal": normal, "long": long, "ratio": median, "rounds": rounds}
 
 
 if __name__ == "__main__":

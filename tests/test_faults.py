@@ -610,6 +610,25 @@ def test_expand_and_fit_never_write_over_their_inputs(
             "true",
         ),
         _fit_args(base, base / "run", 1),
+        [
+            "importance",
+            "--base",
+            str(base),
+            "--data",
+            str(data / "general.jsonl"),
+            "--out",
+            str(base / "importance"),
+        ],
+        [
+            "importance",
+            "--base",
+            str(base),
+            "--data",
+            str(data / "general.jsonl"),
+            "--out",
+            str(data / "general.jsonl"),
+        ],
+        ["eval", "--model", str(base), "--tasks", "blockexp_cloze", "--out", str(base / "eval")],
     ]
     (data / "expand.yaml").write_text(
         "expander:\n  class_path: LlamaPro\n  init_args:\n    num_groups: 2\n"

@@ -246,4 +246,3 @@ def check_base_record(
                 f"Base '{base}' differs from the one {where} was trained on, in its {what}: "
                 f"{_first(changes, len(changes))}. {fix}"
             )
-

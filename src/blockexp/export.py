@@ -188,8 +188,13 @@ def rebuild_from_checkpoint(
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    from .base_record import check_base_record, config_record, tensor_record, tokenizer_record
-    from .base_record import snapshot_dir
+    from .base_record import (
+        check_base_record,
+        config_record,
+        snapshot_dir,
+        tensor_record,
+        tokenizer_record,
+    )
     from .checkpoint import _config_from_dict, describe_spec
     from .expanders import build_expander
     from .loading import IntegrityError, check_fingerprint, load_expanded, verify_checkpoint
@@ -298,7 +303,9 @@ def export_checkpoint(
     del head
     state = load_checkpoint_file(path)
     info = state["blockexp"]
-    model = rebuild_from_checkpoint(state, path, base, trust_remote_code, tokenizer, allow_unverified)
+    model = rebuild_from_checkpoint(
+        state, path, base, trust_remote_code, tokenizer, allow_unverified
+    )
     tok = load_tokenizer(spec) if spec else None
     policy = state.get("hyper_parameters", {}).get("precision_policy", "full")
     # The base lends its other files (generation config, README, ...; its tokenizer files when

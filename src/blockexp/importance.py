@@ -450,10 +450,12 @@ def importance(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .checkpoint import load_model
+    from .inputs import check_outside_inputs
     from .layers.arch import get_arch
     from .tokenization import load_tokenizer
 
-    out_dir = Path(out).expanduser()
+    written = ("importance.csv", "importance.png", "importance.json")
+    out_dir = check_outside_inputs(out, [base, data, choices, tokenizer], written)
     tok = load_tokenizer(tokenizer or base, trust_remote_code)
     blocks = load_text_blocks(data, tok, seq_len, max_samples)
     items = load_multiple_choice(choices, max_questions) if choices else None

@@ -63,3 +63,31 @@ def paths_in(value: Any, written: tuple[str, ...] = ("cache_dir",)) -> list[Path
         except OSError:  # a string too long to be a path
             return []
     return []
+
+
+def check_outside_inputs(
+    out: str | os.PathLike, inputs: list[Any], written: tuple[str, ...] = (), flag: str = "--out"
+) -> Path:
+    """Refuse a results directory ``out`` that is, or lies inside, an input (``inputs`` plus the
+    declared ones: a model directory, a data file), or whose files ``written`` would replace an
+    input. For commands that write a few named files into a directory (``importance``,
+    ``eval``), before any work.
+
+    Returns:
+        ``out``, resolved.
+    """
+    from .checkpoint import OutputExistsError
+
+    target = Path(out).expanduser().resolve()
+    paths = [p for p in inputs if isinstance(p, str | os.PathLike)]
+    for p in [*paths, *declared_inputs()]:
+        path = Path(p).expanduser()
+        if not path.exists():
+            continue
+        path = path.resolve()
+        if target == path or path in target.parents or path in {target / w for w in written}:
+            raise OutputExistsError(
+                f"Refusing to write results to {target}: it is, lies inside or would replace "
+                f"{path}, an input of this command. Choose another {flag} directory."
+            )
+    return target

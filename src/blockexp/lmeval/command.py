@@ -196,6 +196,10 @@ def run_eval(
     if num_fewshot is not None:
         shots = dict.fromkeys(names, num_fewshot)
     include = _split(include_path or "")
+    if out:  # results never go into (or over) the model, its base or a task file
+        from ..inputs import check_outside_inputs
+
+        check_outside_inputs(out, [model, base, tokenizer, preset, *include])
     loaded = load_tasks(names, include, online)  # names and data checked before the model loads
     lm, tok = load_for_eval(model, tokenizer, base, trust_remote_code)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
