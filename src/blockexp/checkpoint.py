@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._lazy import lazy_attr, lazy_module
+from .locks import acquire_output, release
+from .stale import clean_stale_outputs
 
 # torch and transformers are imported on first use, so that streaming and planning (which read
 # config.json as JSON) start without them.
@@ -196,45 +198,6 @@ def _is_within(child: Path, parent: Path) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def clean_stale_outputs(out: str | os.PathLike) -> list[Path]:
-    """Remove what killed runs left beside ``out``: ``.<name>.tmp-<pid>-*`` directories of
-    processes that no longer run, and ``.<name>.old-<pid>-*`` ones (a previous output moved aside
-    just before the rename), which are put back when ``out`` itself is missing.
-
-    Returns:
-        The paths removed or restored.
-    """
-    out = Path(out).expanduser().resolve()
-    if not out.parent.is_dir():
-        return []
-    done = []
-    for kind in ("old", "tmp"):  # restore first, then drop half-written copies
-        for path in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
-            pid = path.name[len(f".{out.name}.{kind}-") :].split("-")[0]
-            if not pid.isdigit() or _pid_alive(int(pid)):
-                continue
-            if kind == "old" and not out.exists():
-                os.replace(path, out)
-            elif path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            done.append(path)
-    return done
-
-
 def is_blockexp_output(path: str | os.PathLike) -> bool:
     """Whether a directory was written by blockexp (``expand``, ``export`` or a fit export)."""
     return (Path(path) / MANIFEST_NAME).is_file()
@@ -300,7 +263,8 @@ class atomic_output_dir:
     """Context manager: write into a temporary sibling, rename into place on success.
 
     A crash leaves only a ``.<name>.tmp-<pid>-*`` directory, never a half-written ``out``, and
-    the next run on ``out`` removes what dead processes left (:func:`clean_stale_outputs`).
+    the next write beside ``out`` removes what dead processes left there. ``out`` is locked
+    against other processes from the start (:func:`blockexp.locks.acquire_output`).
     Refuses to write into (or over) any directory in ``protect`` (e.g. the base checkpoint),
     to write over a directory in ``keep_away`` or one containing it (a run or checkpoint
     directory), over an existing non-empty ``out`` unless ``overwrite``, and even then over
@@ -315,26 +279,37 @@ class atomic_output_dir:
         keep_away: list[str | os.PathLike] = (),
         overwrite_hint: str = "pass --overwrite true",
     ):
-        clean_stale_outputs(out)
-        self.out = check_output_dir(out, protect, keep_away, overwrite, overwrite_hint)
+        self.lock = acquire_output(out)  # held until the rename (None: held already)
+        try:
+            self.out = check_output_dir(out, protect, keep_away, overwrite, overwrite_hint)
+        except BaseException:
+            release(self.lock)
+            raise
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{time.time_ns()}"
 
     def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir()
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir()
+        except BaseException:
+            release(self.lock)
+            raise
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return
+            old = None
+            if self.out.exists():
+                old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{time.time_ns()}"
+                os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            release(self.lock)
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ._compat import moved
 from .expanders import Expander
+from .locks import release_all
 
 # Start-up: this module imports neither Lightning nor torch (the strategies register without
 # torch, see blockexp.expanders). A training command imports :mod:`blockexp.training_cli`
@@ -222,10 +223,12 @@ def export(
             written by another tool); its weights must still be finite.
     """
     from .export import export_checkpoint
+    from .locks import writing_output
 
-    result = export_checkpoint(
-        ckpt, out, tokenizer, overwrite, base, trust_remote_code, allow_unverified
-    )
+    with writing_output(out):  # locked and cleaned before the checkpoint is read
+        result = export_checkpoint(
+            ckpt, out, tokenizer, overwrite, base, trust_remote_code, allow_unverified
+        )
     how = "stated with --base" if base is not None else "as the checkpoint records it"
     _console().print(f"Exported {ckpt} to {result} (base {how}, checked against its record)")
     return result
@@ -416,3 +419,5 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         _report(err)
         raise SystemExit(2) from None
+    finally:
+        release_all()  # the directories this command locked (in-process callers go on)

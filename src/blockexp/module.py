@@ -345,7 +345,28 @@ class BlockExpansionModule(L.LightningModule):
         if stage == "fit" and self.hparams.get("optimizer_in_backward", False):
             self._check_in_backward(trainer)
         if stage == "fit":
-            self._check_export_target(trainer)
+            self._check_export_target(trainer)  # (writes nothing)
+            self._hold_run_dirs(trainer)
+
+    def _hold_run_dirs(self, trainer) -> None:
+        """Lock this fit's directories against other processes until teardown (global rank 0;
+        taking a lock this process holds is a no-op) and drop temporaries dead runs left in its
+        checkpoint directories (:func:`blockexp.locks.hold_run_dirs`)."""
+        from .locks import hold_run_dirs
+
+        locks = hold_run_dirs(trainer, self.hparams.get("export_dir"))
+        self._run_locks = [*getattr(self, "_run_locks", []), *locks]
+
+    def _release_run_dirs(self) -> None:
+        from .locks import release
+
+        for lock in getattr(self, "_run_locks", []):
+            release(lock)
+        self._run_locks = []
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._release_run_dirs()
 
     @staticmethod
     def _check_in_backward(trainer) -> None:
