@@ -5,11 +5,16 @@ transaction whose temporary file lives in the system temp directory (``/dev/shm`
 machines), where a killed run leaves it. :class:`AtomicCheckpointIO` writes straight to
 ``.<name>.tmp-<pid>-<ns>`` in the checkpoint's own directory, syncs it and renames it over
 ``<name>``; the next save there removes what dead processes left. The file is complete or absent.
+A save that runs out of disk space raises :class:`CheckpointSpaceError` (an ``OSError``, reported
+in one line by the command line) naming the file, the bytes it needs and the bytes free; the
+previous checkpoint of that name is left as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +22,41 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .checkpoint import clean_stale_outputs
+from .stale import clean_stale_outputs
 
-__all__ = ["AtomicCheckpointIO"]
+__all__ = ["AtomicCheckpointIO", "CheckpointSpaceError", "checkpoint_bytes"]
+
+
+class CheckpointSpaceError(OSError):
+    """No space left to write a checkpoint (``errno.ENOSPC``); the message says how much."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def checkpoint_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a checkpoint dict (nested dicts, lists and tuples): about the
+    size of the file ``torch.save`` writes."""
+    if isinstance(obj, torch.Tensor):
+        try:
+            return obj.numel() * obj.element_size()
+        except (RuntimeError, NotImplementedError):  # a tensor subclass without a plain size
+            return 0
+    if isinstance(obj, dict):
+        return sum(checkpoint_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(checkpoint_bytes(v) for v in obj)
+    return 0
+
+
+def _out_of_space(err: BaseException, folder: Path, needed: int) -> bool:
+    """Whether a failed save ran out of space: ENOSPC/EDQUOT, or torch's writer failing (it says
+    only "file write failed") with less free than the checkpoint needs."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, RuntimeError) and "PytorchStreamWriter failed writing" in str(err):
+        return shutil.disk_usage(folder).free < needed
+    return False
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -53,6 +90,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
-            raise
+            needed = checkpoint_bytes(checkpoint)
+            if not _out_of_space(err, path.parent, needed):
+                raise
+            free = shutil.disk_usage(path.parent).free
+            kept = f" The previous {path.name} there is intact." if path.exists() else ""
+            raise CheckpointSpaceError(
+                errno.ENOSPC,
+                f"no space left to write the checkpoint {path}: it needs about {needed:,} bytes "
+                f"and {free:,} are free in {path.parent}. Free some space or choose another "
+                f"checkpoint directory.{kept}",
+            ) from err
