@@ -255,6 +255,10 @@ def test_export_removes_dead_runs_temporaries_before_reading_anything(tmp_path, 
     assert not mine.exists() and not other.exists() and not restored.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]
     assert (tmp_path / "earlier" / "model.safetensors").stat().st_size == 1 << 20
+    # the lock of an output in folders yet to be made: a refused command leaves none behind
+    deep = tmp_path / "new" / "deeper" / "out"
+    _user_error(capsys, ["export", "--ckpt", str(missing), "--out", str(deep)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]
 
 
 def test_expand_removes_dead_runs_temporaries_beside_its_output(tmp_path, tiny_llama_dir):

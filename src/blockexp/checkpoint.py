@@ -279,6 +279,7 @@ class atomic_output_dir:
         keep_away: list[str | os.PathLike] = (),
         overwrite_hint: str = "pass --overwrite true",
     ):
+        check_output_dir(out, protect, keep_away, overwrite, overwrite_hint)  # before any write
         self.lock = acquire_output(out)  # held until the rename (None: held already)
         try:
             self.out = check_output_dir(out, protect, keep_away, overwrite, overwrite_hint)

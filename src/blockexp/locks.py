@@ -45,7 +45,8 @@ __all__ = [
 
 INSIDE_NAME = ".blockexp.lock"
 
-_held: dict[Path, tuple[int, int]] = {}  # lock file -> (descriptor, pid of the process holding it)
+# lock file -> (descriptor, pid of the process holding it, folders made for it)
+_held: dict[Path, tuple[int, int, list[Path]]] = {}
 
 
 class DirectoryLockedError(OSError):
@@ -132,17 +133,28 @@ def acquire(directory: str | os.PathLike) -> Path | None:
         held = _held.get(candidate)
         if held is not None and held[1] == os.getpid():
             return None
+    made = _missing(lock.parent)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = _take(lock, directory)
     except PermissionError:  # an unwritable parent: lock inside the directory instead
-        lock = directory / INSIDE_NAME
+        lock, made = directory / INSIDE_NAME, _missing(directory)
         directory.mkdir(parents=True, exist_ok=True)
         fd = _take(lock, directory)
     if fd is None:
         return None
-    _held[lock] = (fd, os.getpid())
+    _held[lock] = (fd, os.getpid(), made)
     return lock
+
+
+def _missing(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist, deepest first (removed again on release
+    if still empty, so that a refused command leaves no folders behind)."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def release(lock: Path | None) -> None:
@@ -150,12 +162,14 @@ def release(lock: Path | None) -> None:
     held = _held.pop(lock, None) if lock is not None else None
     if held is None:
         return
-    fd, pid = held
+    fd, pid, made = held
     if pid != os.getpid():  # a forked child's copy: the lock is its parent's
         return
     try:
         if _same_file(fd, lock):  # removed while locked, so no other process has it
             os.unlink(lock)
+        for folder in made:
+            os.rmdir(folder)  # fails, and stops, at the first folder that holds something
     except OSError:
         pass
     finally:
@@ -215,7 +229,9 @@ def hold_run_dirs(trainer: Any, export_dir: str | os.PathLike | None = None) -> 
 
     from .stale import clean_stale_temporaries
 
-    if getattr(rank_zero_only, "rank", 0) != 0:
+    # Before the strategy sets the global rank, the first process of every node has rank 0.
+    node = os.environ.get("NODE_RANK") or "0"
+    if getattr(rank_zero_only, "rank", 0) != 0 or node != "0":
         return []
     dirs = []
     root = trainer.default_root_dir
@@ -234,7 +250,7 @@ def hold_run_dirs(trainer: Any, export_dir: str | os.PathLike | None = None) -> 
             if lock is not None:
                 taken.append(lock)
     except BaseException:
-        for lock in taken:
+        for lock in reversed(taken):
             release(lock)
         raise
     for directory in checkpoints:

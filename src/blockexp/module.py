@@ -360,7 +360,7 @@ class BlockExpansionModule(L.LightningModule):
     def _release_run_dirs(self) -> None:
         from .locks import release
 
-        for lock in getattr(self, "_run_locks", []):
+        for lock in reversed(getattr(self, "_run_locks", [])):
             release(lock)
         self._run_locks = []
 
