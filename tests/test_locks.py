@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -323,28 +324,71 @@ def small_disk():
         subprocess.run(["umount", str(folder)], check=False)
 
 
+@pytest.mark.parametrize(
+    ("size", "top_k", "failing", "kept"),
+    [
+        ("400k", "0", "last.ckpt", ["last.ckpt"]),
+        ("600k", "-1", "epoch=0-step=2.ckpt", ["epoch=0-step=1.ckpt", "last.ckpt"]),
+    ],
+    ids=["replacing-last", "every-step"],
+)
 def test_disk_full_during_a_checkpoint_save_is_one_line(
-    tmp_path, tiny_llama_dir, small_disk, capsys, monkeypatch
+    tmp_path, tiny_llama_dir, small_disk, capsys, monkeypatch, size, top_k, failing, kept
 ):
-    """A 400 kB file system holds one checkpoint of the tiny run (260 kB) but not a second copy
-    beside it: the second save of last.ckpt fails, the first stays."""
+    """A checkpoint of the tiny run is about 260 kB. 400 kB hold one last.ckpt but not its
+    replacement beside it; 600 kB hold the first step's two files but not a third (torch's
+    writer then fails with "unexpected pos", the OSError only its context). Either way: one
+    line, and the checkpoints of step 1 stay, complete."""
     from blockexp.export import load_checkpoint_file
     from blockexp.loading import check_stored_tensors
 
     monkeypatch.chdir(REPO)
     root = tmp_path / "run"
-    ckpt = small_disk(root / "ckpt", "400k")
+    ckpt = small_disk(root / "ckpt", size)
     every_step = ["--trainer.callbacks.every_n_train_steps", "1"]
-    args = _fit_args(tiny_llama_dir, root, 3, *every_step, "--trainer.callbacks.save_top_k", "0")
+    args = _fit_args(tiny_llama_dir, root, 3, *every_step, "--trainer.callbacks.save_top_k", top_k)
     line = _user_error(capsys, args)
     print(f"\n[locks] disk full: {line}")
-    last = ckpt / "last.ckpt"
-    assert line.startswith(f"error: no space left to write the checkpoint {last}: "), line
+    assert line.startswith(f"error: no space left to write the checkpoint {ckpt / failing}: "), line
     needed = int(line.split("needs about ")[1].split(" bytes")[0].replace(",", ""))
     free = int(line.split(" and ")[1].split(" are free")[0].replace(",", ""))
     assert needed > free and needed > 100_000, line
-    assert "previous last.ckpt there is intact" in line
-    assert sorted(p.name for p in ckpt.iterdir()) == ["last.ckpt"]  # no temporary left
-    state = load_checkpoint_file(last)
-    assert state["global_step"] == 1
-    check_stored_tensors(state["state_dict"], state["blockexp"]["stored_digest"], "last")
+    assert ("previous last.ckpt there is intact" in line) == (failing == "last.ckpt")
+    assert sorted(p.name for p in ckpt.iterdir()) == kept  # no temporary left
+    for name in kept:
+        state = load_checkpoint_file(ckpt / name)
+        assert state["global_step"] == 1
+        check_stored_tensors(state["state_dict"], state["blockexp"]["stored_digest"], name)
+
+
+def test_a_torch_write_failing_on_a_full_disk_is_reported_as_no_space(tmp_path, monkeypatch):
+    """torch's writer may end with a RuntimeError ("unexpected pos") whose context is the
+    ENOSPC: that is a full disk too. Another RuntimeError is left as it is."""
+    from blockexp.checkpoint_io import AtomicCheckpointIO
+
+    def full(obj, f):
+        f.write(b"partial")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos"
+            ) from None
+
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"previous")
+    checkpoint = {"state_dict": {"w": torch.zeros(1000)}, "optimizer_states": [torch.ones(10)]}
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError) as err:
+        AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+    assert err.value.errno == errno.ENOSPC
+    assert str(err.value).startswith(f"no space left to write the checkpoint {path}: it needs ")
+    assert "about 4,040 bytes" in str(err.value) and "previous last.ckpt" in str(err.value)
+    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+    def broken(obj, f):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        AtomicCheckpointIO().save_checkpoint(checkpoint, path)

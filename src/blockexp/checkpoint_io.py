@@ -50,13 +50,15 @@ def checkpoint_bytes(obj: Any) -> int:
 
 
 def _out_of_space(err: BaseException, folder: Path, needed: int) -> bool:
-    """Whether a failed save ran out of space: ENOSPC/EDQUOT, or torch's writer failing (it says
-    only "file write failed") with less free than the checkpoint needs."""
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(err, RuntimeError) and "PytorchStreamWriter failed writing" in str(err):
-        return shutil.disk_usage(folder).free < needed
-    return False
+    """Whether a failed save ran out of space: ENOSPC/EDQUOT (raised, or the cause of what was
+    raised), or torch's writer failing (``file write failed``, ``unexpected pos``: no errno)
+    with less free than the checkpoint needs."""
+    seen, cause = 0, err
+    while cause is not None and seen < 8:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen, cause = seen + 1, cause.__cause__ or cause.__context__
+    return isinstance(err, RuntimeError) and shutil.disk_usage(folder).free < needed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
