@@ -245,16 +245,22 @@ def test_fit_removes_dead_runs_temporaries_at_start(tmp_path, tiny_llama_dir, mo
     assert (target / "precious.txt").read_text() == "keep me" and planted.is_symlink()
 
 
-def test_export_removes_dead_runs_temporaries_before_reading_anything(tmp_path, capsys):
+def test_export_removes_dead_runs_temporaries_before_reading_anything(tmp_path, capsys, holder):
     dead = _dead_pid()
     mine = _stale(tmp_path, "exported", dead)
     other = _stale(tmp_path, "other", dead)
     restored = _stale(tmp_path, "earlier", dead, kind="old")  # an output moved aside, then killed
+    killed = holder(tmp_path / "killed")
+    killed.kill()  # leaves .killed.lock, with its pid
+    live = holder(tmp_path / "live")
+    (tmp_path / ".foreign.lock").write_text("")  # another tool's lock file
     missing = tmp_path / "missing.ckpt"
     line = _user_error(capsys, ["export", "--ckpt", str(missing), "--out", str(tmp_path / "out")])
     assert "missing.ckpt" in line
     assert not mine.exists() and not other.exists() and not restored.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".foreign.lock", ".live.lock", "earlier"]
+    live.stop()
+    (tmp_path / ".foreign.lock").unlink()
     assert (tmp_path / "earlier" / "model.safetensors").stat().st_size == 1 << 20
     # the lock of an output in folders yet to be made: a refused command leaves none behind
     deep = tmp_path / "new" / "deeper" / "out"

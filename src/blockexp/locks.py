@@ -5,8 +5,9 @@ A directory ``D`` is locked through the file ``.<D's name>.lock`` beside it (in 
 non-blocking, released by the kernel when the process ends however it ends. The file records the
 holder's pid, for the message the next process gets (:class:`DirectoryLockedError`). A lock this
 process holds already is not taken again (taking it is a no-op, and releasing is left to whoever
-took it). Released locks are removed; one a killed process left is reused by the next process, and
-after locking, the path is checked to still name the locked file (a holder may have removed it in
+took it). Released locks are removed; one a killed process left is reused by the next process
+locking that directory, or removed by the next output written beside it (:func:`sweep_stale_locks`).
+After locking, the path is checked to still name the locked file (a holder may have removed it in
 between), so two processes cannot each lock a file of their own.
 
 What is locked:
@@ -26,6 +27,8 @@ import atexit
 import errno
 import fcntl
 import os
+import re
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +43,7 @@ __all__ = [
     "lock_file",
     "release",
     "release_all",
+    "sweep_stale_locks",
     "writing_output",
 ]
 
@@ -185,14 +189,58 @@ def release_all() -> None:
 atexit.register(release_all)
 
 
+def sweep_stale_locks(folder: str | os.PathLike) -> list[Path]:
+    """Remove the ``.<name>.lock`` files in ``folder`` that killed processes left: unlocked,
+    and recording the pid of a process that no longer runs (any other file, e.g. another tool's
+    lock, is left alone). Each is locked while it is removed, so a process opening it meanwhile
+    notices (:func:`acquire` re-checks the path) and locks a new file.
+
+    Returns:
+        The lock files removed.
+    """
+    from .stale import pid_alive
+
+    folder, removed = Path(folder), []
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(".lock")]
+    except OSError:
+        return removed
+    for name in names:
+        path = folder / name
+        if path in _held:
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            text = os.pread(fd, 32, 0).decode("ascii", "replace")
+            if (
+                stat.S_ISREG(os.fstat(fd).st_mode)
+                and re.fullmatch(r"[0-9]+\n", text)
+                and not pid_alive(int(text))
+                and _same_file(fd, path)
+            ):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:  # held by a live process, or gone
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def acquire_output(out: str | os.PathLike) -> Path | None:
-    """Lock the output directory ``out`` (:func:`acquire`), then remove the temporaries that dead
-    processes left beside it (:func:`blockexp.stale.clean_stale_temporaries` on its parent)."""
+    """Lock the output directory ``out`` (:func:`acquire`), then remove what dead processes left
+    beside it: temporaries (:func:`blockexp.stale.clean_stale_temporaries` on its parent) and
+    lock files (:func:`sweep_stale_locks`)."""
     from .stale import clean_stale_temporaries
 
     lock = acquire(out)
     try:
         clean_stale_temporaries(_canonical(out).parent)
+        sweep_stale_locks(_canonical(out).parent)
     except BaseException:
         release(lock)
         raise
