@@ -110,9 +110,18 @@ def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False) -> dict[st
 
     Raises:
         FileNotFoundError: if the file does not exist.
+        IsADirectoryError: for a directory (naming the .ckpt files in it).
         CheckpointError: if it is not a readable checkpoint.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        from .errors import files_in
+
+        found = files_in(path, [".ckpt"], prefer="last.ckpt")
+        raise IsADirectoryError(
+            f"Checkpoint {path} is a directory; pass a .ckpt file "
+            + (f"in it: {found}" if found else "(none found in it)")
+        )
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     try:
