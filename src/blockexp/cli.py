@@ -19,9 +19,11 @@ from __future__ import annotations
 import json as _json
 import os
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
+from . import errors
 from ._compat import moved
 from .expanders import Expander
 from .locks import release_all
@@ -223,12 +225,10 @@ def export(
             written by another tool); its weights must still be finite.
     """
     from .export import export_checkpoint
-    from .locks import writing_output
 
-    with writing_output(out):  # locked and cleaned before the checkpoint is read
-        result = export_checkpoint(
-            ckpt, out, tokenizer, overwrite, base, trust_remote_code, allow_unverified
-        )
+    result = export_checkpoint(
+        ckpt, out, tokenizer, overwrite, base, trust_remote_code, allow_unverified
+    )
     how = "stated with --base" if base is not None else "as the checkpoint records it"
     _console().print(f"Exported {ckpt} to {result} (base {how}, checked against its record)")
     return result
@@ -270,34 +270,6 @@ def _bare_flags(argv: list[str]) -> list[str]:
         if arg in BOOL_FLAGS and (nxt is None or nxt.startswith("--")):
             out.append("true")
     return out
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input (config, data, architecture, checkpoint, files):
-    reported in one line rather than with a traceback."""
-    import pickle
-    import zipfile
-
-    errors: list[type[BaseException]] = [
-        ValueError,
-        OSError,
-        EOFError,
-        KeyError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-    ]
-    # Only Lightning raises this, so it is imported when it can have been raised (the offline
-    # commands do not import Lightning at all).
-    lightning_errors = sys.modules.get("lightning.fabric.utilities.exceptions")
-    if lightning_errors is not None:
-        errors.append(lightning_errors.MisconfigurationException)
-    try:
-        from safetensors import SafetensorError
-
-        errors.append(SafetensorError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
 
 
 def _offline_command(name: str):
@@ -368,14 +340,6 @@ def _needs_every_strategy(command: str, argv: list[str]) -> bool:
     return not names or not all(known(n) for n in names)
 
 
-def _report(err: BaseException) -> None:
-    message = str(err) or type(err).__name__
-    if isinstance(err, KeyError) and err.args:
-        message = str(err.args[0])
-    print(f"error: {message}", file=sys.stderr)
-    print("(run with --debug, or BLOCKEXP_DEBUG=1, for the traceback)", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of ``python -m blockexp``.
 
@@ -397,27 +361,38 @@ def main(argv: list[str] | None = None) -> Any:
         return None
     command = argv[0]
     if command not in OFFLINE_COMMANDS and command not in TRAIN_COMMANDS:
-        print(f"Unknown command '{command}'.\n\n{USAGE}", file=sys.stderr)
+        names = (*TRAIN_COMMANDS, *OFFLINE_COMMANDS)
+        print(
+            f"error: unknown command {command!r}{errors.suggest(command, names)}; commands: "
+            f"{', '.join(names)} (see `{errors.PROG} --help`)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     from . import expanders
 
     try:
         if command in OFFLINE_COMMANDS:
-            from jsonargparse import CLI
+            from jsonargparse import CLI, auto_parser
 
             if _needs_every_strategy(command, argv):
                 expanders.import_all()
             # Only this command's parser is built, so only its module is imported.
             commands = {command: _offline_command(command)}
-            return CLI(commands, args=_bare_flags(argv), as_positional=False)
+            kwargs = {"as_positional": False, **errors.PARSER_KWARGS, "env_prefix": "BLOCKEXP"}
+            try:
+                return CLI(commands, args=_bare_flags(argv), **kwargs)
+            except ArgumentError as err:  # built again for its option names
+                raise errors.UsageError(
+                    errors.explain_usage(err, auto_parser(commands, **kwargs), argv)
+                ) from err
         expanders.import_all()
         from .training_cli import BlockexpCLI
 
         return BlockexpCLI(args=argv if explicit else None)
-    except _user_errors() as err:
+    except errors.user_errors() as err:
         if debug:
             raise
-        _report(err)
+        errors.report(err)
         raise SystemExit(2) from None
     finally:
         release_all()  # the directories this command locked (in-process callers go on)

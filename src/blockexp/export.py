@@ -112,9 +112,18 @@ def load_checkpoint_file(
 
     Raises:
         FileNotFoundError: if the file does not exist.
+        IsADirectoryError: for a directory (naming the .ckpt files in it).
         CheckpointError: if it is not a readable checkpoint.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        from .errors import files_in
+
+        found = files_in(path, [".ckpt"], prefer="last.ckpt")
+        raise IsADirectoryError(
+            f"Checkpoint {path} is a directory; pass a .ckpt file "
+            + (f"in it: {found}" if found else "(none found in it)")
+        )
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     try:
@@ -287,11 +296,9 @@ def export_checkpoint(
         allow_unverified: accept a checkpoint that records no checksums (one written by another
             tool); its weights must still be finite.
     """
-    from .checkpoint import check_output_dir, save_pretrained_atomic
+    from .checkpoint import check_output_dir
     from .inputs import declared_inputs
-    from .loading import export_dtype
-    from .portable import same_source
-    from .tokenization import load_tokenizer
+    from .locks import writing_output
 
     path = Path(ckpt).expanduser()
     head = load_checkpoint_file(path, mmap=True, crc=False)  # the plain data, no tensor read
@@ -301,24 +308,36 @@ def export_checkpoint(
     protect = [path, used, spec, *declared_inputs()]
     check_output_dir(out, protect=protect, overwrite=overwrite)
     del head
-    state = load_checkpoint_file(path)
-    info = state["blockexp"]
-    model = rebuild_from_checkpoint(
-        state, path, base, trust_remote_code, tokenizer, allow_unverified
-    )
+    # Locked (and dead writers' temporaries beside it cleaned) before the checkpoint is read,
+    # and after the guard, so that no lock file is ever written inside an input.
+    with writing_output(out):
+        state = load_checkpoint_file(path)
+        model = rebuild_from_checkpoint(
+            state, path, base, trust_remote_code, tokenizer, allow_unverified
+        )
+        return _save_export(state, model, out, protect, spec, used, overwrite)
+
+
+def _save_export(state, model, out, protect, spec, used, overwrite) -> Path:
+    """Write the rebuilt model of an export with its tokenizer, manifest and the base's files."""
+    from .checkpoint import save_pretrained_atomic
+    from .loading import export_dtype
+    from .portable import same_source
+    from .tokenization import load_tokenizer
+
     tok = load_tokenizer(spec) if spec else None
-    policy = state.get("hyper_parameters", {}).get("precision_policy", "full")
+    hp = state.get("hyper_parameters", {})
     # The base lends its other files (generation config, README, ...; its tokenizer files when
     # the tokenizer is its own) to the export.
-    stored = state.get("hyper_parameters", {}).get("base")
+    stored = hp.get("base")
     return save_pretrained_atomic(
         model,
         out,
         tok,
-        info["manifest"],
+        state["blockexp"]["manifest"],
         protect=protect,
         overwrite=overwrite,
-        dtype=export_dtype(policy),
+        dtype=export_dtype(hp.get("precision_policy", "full")),
         base=used,
         tokenizer_from_base=not spec or any(same_source(spec, b) for b in (used, stored)),
     )

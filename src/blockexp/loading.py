@@ -15,6 +15,7 @@ from .expanders import Expander
 __all__ = [
     "IMPLAUSIBLE_WEIGHT",
     "IntegrityError",
+    "check_architecture",
     "check_finite",
     "check_fingerprint",
     "check_stored_tensors",
@@ -185,6 +186,18 @@ def verify_checkpoint(
     check_finite(weights, name)
 
 
+def check_architecture(base: ModelSpec, trust_remote_code: bool = False) -> None:
+    """Refuse an architecture blockexp has no :class:`~blockexp.layers.ArchSpec` for, from the
+    base's config alone (no weights are read), naming it and the supported model types."""
+    from .checkpoint import describe_spec, load_config
+    from .layers import UnsupportedArchitectureError, get_arch
+
+    try:
+        get_arch(load_config(base, trust_remote_code=trust_remote_code))
+    except UnsupportedArchitectureError as err:
+        raise UnsupportedArchitectureError(f"base {describe_spec(base)}: {err}") from None
+
+
 def load_expanded(
     hparams: Mapping[str, Any], expander: Expander, attn_implementation: str | None = None
 ) -> tuple[Any, dict[str, int], dict[str, Any]]:
@@ -200,6 +213,7 @@ def load_expanded(
     from .precision import apply_precision_policy, is_lean
 
     policy = hparams.get("precision_policy", "full")
+    check_architecture(hparams["base"], hparams.get("trust_remote_code", False))
     model = load_model(
         hparams["base"],
         dtype="bfloat16" if is_lean(policy) else hparams.get("dtype", "float32"),

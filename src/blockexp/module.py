@@ -185,6 +185,7 @@ class BlockExpansionModule(L.LightningModule):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}.")
+        loading.check_architecture(base, trust_remote_code)  # before data or weights load
         self.save_hyperparameters(ignore=["expander", "tokenizer"])
         # Stored as plain data so checkpoints load with torch.load(weights_only=True).
         self.hparams["expander"] = expander.config()

@@ -388,7 +388,7 @@ class _Reader:
     def read(self, entry: SafetensorsEntry, offset: int, n: int) -> bytes:
         data = os.pread(self.fd(entry.file), n, entry.start + offset)
         if len(data) != n:
-            raise StreamingError(f"{entry.file} is truncated (expected {n} bytes at {offset}).")
+            raise StreamingError(_truncated(entry.file))
         return data
 
     def close(self) -> None:
@@ -407,7 +407,7 @@ def _write_tensor(out: _Output, dst, reader: _Reader, chunk_bytes: int) -> None:
         return
     src = out.sources[0]
     if out.op == "copy" and src_dtype == dst_dtype:
-        _copy_range(reader.fd(src.file), src.start, dst, src.nbytes)
+        _copy_range(reader.fd(src.file), src.start, dst, src.nbytes, src.file)
         return
     import torch  # only here: averaging and casting convert the data
 
@@ -433,7 +433,11 @@ def _write_tensor(out: _Output, dst, reader: _Reader, chunk_bytes: int) -> None:
         dst.write(result.contiguous().view(torch.uint8).numpy().tobytes())
 
 
-def _copy_range(src_fd: int, offset: int, dst, n: int) -> None:
+def _truncated(path: Path) -> str:
+    return f"{path} is truncated or corrupted (it ends inside a tensor); re-download or re-save it."
+
+
+def _copy_range(src_fd: int, offset: int, dst, n: int, path: Path) -> None:
     dst.flush()
     end = dst.tell() + n
     dst_fd = dst.fileno()
@@ -444,7 +448,7 @@ def _copy_range(src_fd: int, offset: int, dst, n: int) -> None:
             while left:
                 done = copy_range(src_fd, dst_fd, left, offset + n - left)
                 if done == 0:
-                    raise StreamingError("Unexpected end of file while copying a tensor.")
+                    raise StreamingError(_truncated(path))
                 left -= done
             dst.seek(end, os.SEEK_SET)
             return
@@ -454,7 +458,7 @@ def _copy_range(src_fd: int, offset: int, dst, n: int) -> None:
     while left:
         data = os.pread(src_fd, min(left, DEFAULT_CHUNK_BYTES), offset + n - left)
         if not data:
-            raise StreamingError("Unexpected end of file while copying a tensor.")
+            raise StreamingError(_truncated(path))
         dst.write(data)
         left -= len(data)
 

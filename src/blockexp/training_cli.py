@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+
+from .errors import PARSER_KWARGS, UsageError, explain_usage
 
 __all__ = ["BlockexpCLI", "expand_config_defaults"]
 
@@ -108,7 +111,16 @@ class BlockexpCLI(LightningCLI):
             },
         )
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # Parse errors raise (one line, blockexp.errors.explain_usage) instead of printing usage.
+        kwargs["parser_kwargs"] = {**PARSER_KWARGS, **(kwargs.get("parser_kwargs") or {})}
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            argv = args if isinstance(args, list) else sys.argv[1:] if args is None else []
+            raise UsageError(explain_usage(err, parser, [str(a) for a in argv])) from err
 
     def _parse_ckpt_path(self) -> None:
         """Resume from ``--ckpt_path`` without taking settings from the checkpoint.

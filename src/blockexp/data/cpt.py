@@ -52,7 +52,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from .base import BlockexpDataModule, check_fraction, check_int
-from .records import DataError, iter_json_records
+from .records import DataError, check_data_file, iter_json_records, json_kind
 
 __all__ = ["CPTDataModule", "DataError", "DataSource", "PackedBlocks", "infer_format"]
 
@@ -160,8 +160,8 @@ def _check_record(record: Any, source: DataSource, where: str) -> bool:
     """Validate one JSON record; return True if it holds a non-blank document."""
     if not isinstance(record, dict):
         raise DataError(
-            f'{where}: expected a JSON object like {{"{source.text_field}": "..."}}, '
-            f"got {type(record).__name__}"
+            f'{where}: expected a JSON object with a "{source.text_field}" field like '
+            f'{{"{source.text_field}": "..."}}, got {json_kind(record)}'
         )
     if source.text_field not in record:
         keys = ", ".join(repr(k) for k in list(record)[:10]) or "none"
@@ -222,6 +222,12 @@ def _validate_text(source: DataSource, path: Path) -> int:
     return sum(1 for doc in text.replace("\r\n", "\n").split("\n\n") if doc.strip())
 
 
+def _check_path(source: DataSource) -> Path:
+    """The source's file, or an error saying that it is missing or a directory."""
+    fix = f"check the path of source {source.name!r} in the source list"
+    return check_data_file(source.path, "data file", fix=fix)
+
+
 def validate_source(source: DataSource) -> int:
     """Check that a source's file exists and is well formed.
 
@@ -236,12 +242,7 @@ def validate_source(source: DataSource) -> int:
         DataError: If the file is malformed (with file and line number where
             possible) or holds no documents.
     """
-    path = Path(source.path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"data file {source.path!r} for source {source.name!r} not found "
-            f"(resolved to {path.resolve()}); check the path in the source list"
-        )
+    path = _check_path(source)
     fmt = source.resolved_format
     if fmt == "json":
         n_docs = _validate_json(source, path)
@@ -517,13 +518,8 @@ class CPTDataModule(BlockexpDataModule):
         check_int("seq_len", seq_len, minimum=2, why="inputs and shifted labels")
         check_fraction("val_fraction", val_fraction, hint="use 0 to disable validation")
         for source in sources:
+            _check_path(source)
             source.resolved_format  # noqa: B018  (raises DataError for unknown extensions)
-            path = Path(source.path).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"data file {source.path!r} for source {source.name!r} not found "
-                    f"(resolved to {path.resolve()}); check the path in the source list"
-                )
 
         super().__init__(tokenizer, batch_size, num_workers, seed, trust_remote_code)
         self.sources = sources

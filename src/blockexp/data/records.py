@@ -7,11 +7,56 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataError", "iter_json_records"]
+__all__ = ["DataError", "check_data_file", "iter_json_records", "json_kind"]
 
 
 class DataError(ValueError):
     """Raised for invalid data sources or data-module settings."""
+
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+
+
+def check_data_file(
+    path: str | Path,
+    what: str,
+    suffixes: tuple[str, ...] = DATA_SUFFIXES,
+    fix: str = "check the path",
+) -> Path:
+    """``path`` (``~`` expanded) if it is a file; otherwise an error naming ``what`` it is for,
+    whether it is a directory (listing up to 3 files in it that could be meant) or missing, and
+    ``fix``.
+
+    Raises:
+        DataError: ``path`` is a directory.
+        FileNotFoundError: nothing is at ``path``.
+    """
+    resolved = Path(path).expanduser()
+    fix = f"; {fix}" if fix else ""
+    if resolved.is_dir():
+        from ..errors import files_in
+
+        inside = files_in(resolved, suffixes)
+        hint = f" (e.g. {inside})" if inside else ""
+        raise DataError(
+            f"{what} {str(path)!r} is a directory; expected a {'/'.join(suffixes)} file: "
+            f"point it at a file{hint}{fix}"
+        )
+    if not resolved.is_file():
+        raise FileNotFoundError(
+            f"{what} {str(path)!r} not found (resolved to {resolved.resolve()}){fix}"
+        )
+    return resolved
+
+
+def json_kind(value: Any, limit: int = 40) -> str:
+    """What a JSON value is, with its start, for messages: ``a JSON array ([1, 2, 3])``."""
+    if isinstance(value, bool) or value is None:
+        return f"JSON {json.dumps(value)}"
+    types = (("array", list), ("number", int | float), ("string", str), ("object", dict))
+    kind = next((f"a JSON {k}" for k, t in types if isinstance(value, t)), type(value).__name__)
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return f"{kind} ({text if len(text) <= limit else text[: limit - 3] + '...'})"
 
 
 def iter_json_records(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -19,18 +64,19 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, Any]]:
 
     Args:
         path: a ``.jsonl`` file (one JSON value per line; blank lines skipped) or a file holding
-            one JSON list (the line is where each element starts).
+            one JSON list (the line is where each element starts; a ``.jsonl`` file is read as a
+            list only when its first line is not a JSON value by itself).
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        DataError: on invalid UTF-8 or JSON, with file and line.
+        DataError: on a directory; on invalid UTF-8 or JSON, with file and line.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} not found (resolved to {path.resolve()})")
+    path = check_data_file(path, "data file")
     with open(path, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
-    if not head.startswith(b"["):
+    # A .jsonl file is one JSON value per line, even when its first line holds an array (a list
+    # spread over several lines, which JSON Lines cannot be, is still read as one list).
+    if not head.startswith(b"[") or (path.suffix.lower() == ".jsonl" and _first_line_is_json(path)):
         yield from _iter_json_lines(path)
         return
     try:
@@ -69,6 +115,18 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, Any]]:
                 ) from None
             yield line, record
             idx, expect_value = end, False
+
+
+def _first_line_is_json(path: Path) -> bool:
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    json.loads(raw.lstrip(b"\xef\xbb\xbf"))
+                except ValueError:
+                    return False
+                return True
+    return False
 
 
 def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:

@@ -39,7 +39,7 @@ from blockexp._compat import moved
 from . import collate
 from .base import BlockexpDataModule, check_fraction, check_int
 from .collate import Collator
-from .records import DataError, iter_json_records
+from .records import DataError, check_data_file, iter_json_records, json_kind
 
 __all__ = [
     "SIMPLE_CHAT_TEMPLATE",
@@ -104,7 +104,10 @@ def normalize_record(record: Any, where: str) -> list[dict[str, str]]:
             conversation without a non-empty assistant turn.
     """
     if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise DataError(
+            f"{where}: expected a JSON object with 'messages', 'conversations' or 'instruction' "
+            f"and 'output', got {json_kind(record)}"
+        )
     if "conversations" in record:
         turns = record["conversations"]
         if not isinstance(turns, list) or not turns:
@@ -354,10 +357,7 @@ class SFTDataModule(BlockexpDataModule):
         check_int("max_length", max_length, minimum=2)
         check_fraction("val_fraction", val_fraction)
         for path in [*train_files, *(val_files or [])]:
-            if not Path(path).expanduser().is_file():
-                raise FileNotFoundError(
-                    f"SFT data file {path!r} not found (resolved to {Path(path).resolve()})"
-                )
+            check_data_file(path, "SFT data file", (".jsonl", ".json"))
         super().__init__(tokenizer, batch_size, num_workers, seed, trust_remote_code)
         self.save_hyperparameters()
         self.train_files = [str(p) for p in train_files]

@@ -42,7 +42,7 @@ from blockexp.metrics.text import METRICS, SCORING, TRACE_TASK_METRICS
 
 from .base import BlockexpDataModule, check_int
 from .collate import IGNORE_INDEX, Collator
-from .records import DataError, iter_json_records
+from .records import DataError, iter_json_records, json_kind
 from .sft import SFTDataset, chat_template_for, encode_conversation
 
 __all__ = ["TRACE_ORDER", "TRACEDataModule", "read_trace_split"]
@@ -73,7 +73,9 @@ def read_trace_split(path: str | Path) -> list[dict[str, str]]:
     for line, record in iter_json_records(path):
         where = f"{path}:{line}"
         if not isinstance(record, dict):
-            raise DataError(f"{where}: expected an object with 'prompt' and 'answer'")
+            raise DataError(
+                f"{where}: expected a JSON object with 'prompt' and 'answer', got {json_kind(record)}"
+            )
         for field in ("prompt", "answer"):
             if field not in record:
                 keys = ", ".join(repr(k) for k in list(record)[:10]) or "none"
