@@ -138,9 +138,10 @@ def test_expand_and_export_into_a_locked_output_are_refused(
     expand = ["expand", "--base", str(tiny_llama_dir), "--out", str(out), "--expander", "LlamaPro"]
     line = _user_error(capsys, [*expand, "--expander.num_groups", "2"])
     assert f"pid {h.pid}" in line and str(out) in line, line
-    # export takes the lock before reading the checkpoint (here not even a checkpoint)
+    # export takes the lock before reading the checkpoint's tensors: after the output guard,
+    # which reads only its plain data (here a checkpoint with nothing else)
     fake = tmp_path / "fake.ckpt"
-    fake.write_bytes(b"not a checkpoint")
+    torch.save({"blockexp": {}, "hyper_parameters": {"base": str(tiny_llama_dir)}}, fake)
     line = _user_error(capsys, ["export", "--ckpt", str(fake), "--out", str(out)])
     assert f"pid {h.pid}" in line and str(out) in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "base", "fake.ckpt"]

@@ -298,8 +298,13 @@ def export_checkpoint(
     """
     from .checkpoint import check_output_dir
     from .inputs import declared_inputs
-    from .locks import writing_output
+    from .locks import sweep_stale_locks, writing_output
+    from .stale import clean_stale_temporaries
 
+    parent = Path(out).expanduser().resolve().parent
+    if parent.is_dir():  # what dead writers left beside the output goes first, whatever follows
+        clean_stale_temporaries(parent)
+        sweep_stale_locks(parent)
     path = Path(ckpt).expanduser()
     head = load_checkpoint_file(path, mmap=True, crc=False)  # the plain data, no tensor read
     if head.get("blockexp") is None:
