@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._lazy import lazy_attr, lazy_module
+from .inputs import OutputExistsError
 from .locks import acquire_output, release
 from .stale import clean_stale_outputs
 
@@ -55,10 +56,6 @@ __all__ = [
 MANIFEST_NAME = "blockexp_manifest.json"
 
 ModelSpec = str | dict[str, Any]
-
-
-class OutputExistsError(FileExistsError):
-    """Refusing to write an output directory."""
 
 
 class ModelLoadError(OSError):

@@ -13,9 +13,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["config_files", "declare_inputs", "declared_inputs", "paths_in"]
+__all__ = [
+    "OutputExistsError",
+    "check_outside_inputs",
+    "config_files",
+    "declare_inputs",
+    "declared_inputs",
+    "paths_in",
+]
 
 _DECLARED: list[Path] = []
+
+
+class OutputExistsError(FileExistsError):
+    """Refusing to write an output directory."""
 
 
 def declare_inputs(paths: list[str | os.PathLike]) -> None:
@@ -76,8 +87,6 @@ def check_outside_inputs(
     Returns:
         ``out``, resolved.
     """
-    from .checkpoint import OutputExistsError
-
     target = Path(out).expanduser().resolve()
     paths = [p for p in inputs if isinstance(p, str | os.PathLike)]
     for p in [*paths, *declared_inputs()]:
