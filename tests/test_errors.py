@@ -13,12 +13,25 @@ import pytest
 
 from blockexp.cli import main
 from blockexp.errors import UsageError
+from tests.conftest import record_faults
 from tests.test_faults import _quick_fit
 
 REPO = Path(__file__).resolve().parents[1]
 # Lines that may accompany the error line: the hint how to see the traceback, Lightning's seed
 # note and torch's start-up log lines (W1203 12:00:00.000 ...).
 NOISE = re.compile(r"^\(run with --debug|Seed set to \d+$|^[IWE]\d{4} \d\d:\d\d")
+
+
+_TRIALS: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _count_bad_inputs():
+    yield
+    if _TRIALS:
+        record_faults(
+            "bad inputs (tests/test_errors.py)", trials=len(_TRIALS), one_line=len(_TRIALS)
+        )
 
 
 def _one_line(capsys, args: list[str]) -> str:
@@ -33,6 +46,7 @@ def _one_line(capsys, args: list[str]) -> str:
     lines = [line for line in err.splitlines() if line.strip() and not NOISE.search(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Union subtypes" not in lines[0] and "__main__" not in lines[0], lines[0]
+    _TRIALS.append(lines[0])
     return lines[0]
 
 

@@ -25,6 +25,7 @@ import torch
 
 from blockexp.cli import main
 from blockexp.locks import DirectoryLockedError, acquire, lock_file, release
+from tests.conftest import record_faults
 from tests.test_faults import REPO, _fit_args, _user_error
 
 HOLDER = textwrap.dedent(
@@ -146,6 +147,7 @@ def test_expand_and_export_into_a_locked_output_are_refused(
     assert f"pid {h.pid}" in line and str(out) in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "base", "fake.ckpt"]
     h.stop()
+    record_faults("second writer (expand, export) into a locked output", trials=2, refused=2)
 
 
 def test_fit_into_a_locked_run_directory_is_refused_before_writing(
@@ -158,6 +160,7 @@ def test_fit_into_a_locked_run_directory_is_refused_before_writing(
     assert f"pid {h.pid}" in line and str(root) in line, line
     assert not (root / "ckpt").exists() and not (root / "config.yaml").exists()
     h.stop()
+    record_faults("second fit into a locked run directory", trials=1, refused=1, partial_outputs=0)
 
 
 def test_programmatic_fit_locks_the_checkpoint_directory(
@@ -219,6 +222,7 @@ def test_two_fits_started_together_into_one_directory(tmp_path, tiny_llama_dir):
     assert "last.ckpt" in names and "last-v1.ckpt" not in names, names
     assert torch.load(root / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 30
     assert not (tmp_path / ".run.lock").exists() and not (root / ".ckpt.lock").exists()
+    record_faults("two fits started together, one directory", trials=2, refused=1, survived=1)
 
 
 # ---------------------------------------------------------------------------- temporaries
@@ -304,6 +308,7 @@ def test_planted_links_named_like_temporaries_are_never_followed(tmp_path):
     for target, name in zip(targets, "ab", strict=True):
         assert (target / "precious.txt").read_text() == name
     assert old.is_symlink() and tmp.is_symlink()  # left alone
+    record_faults("planted .old/.tmp symlinks", trials=2, survived=2, lost_inputs=0)
 
 
 # ------------------------------------------------------------------------------- disk full
@@ -366,6 +371,9 @@ def test_disk_full_during_a_checkpoint_save_is_one_line(
         state = load_checkpoint_file(ckpt / name)
         assert state["global_step"] == 1
         check_stored_tensors(state["state_dict"], state["blockexp"]["stored_digest"], name)
+    record_faults(
+        f"disk full during a checkpoint save ({size})", trials=1, refused=1, lost_inputs=0
+    )
 
 
 def test_a_torch_write_failing_on_a_full_disk_is_reported_as_no_space(tmp_path, monkeypatch):
