@@ -867,6 +867,7 @@ def test_kill_export_at_random_points(trained, tmp_path):
         "kill -9 during export",
         trials=trials,
         survived=survived,
+        partial_outputs=trials - survived,
         killed_mid_write=left_by_kill,
         leftovers_after_next_run=len(leftovers),
     )
@@ -948,6 +949,7 @@ def test_kill_expand_at_random_points(tmp_path):
         "kill -9 during expand",
         trials=trials,
         survived=survived,
+        partial_outputs=trials - survived,
         killed_mid_write=left_by_kill,
         leftovers_after_next_run=len(leftovers),
     )
@@ -1001,6 +1003,7 @@ def test_kill_fit_and_checkpoint_saves_then_resume(tmp_path, tiny_llama_dir):
         "kill -9 during fit / checkpoint save",
         trials=trials,
         survived=survived,
+        partial_outputs=trials - survived,
         resumed_from_checkpoint=resumed,
         leftovers=len(leftovers),
     )
