@@ -177,44 +177,44 @@ def _first(items: list[str], more: int) -> str:
     return ", ".join(items[:3]) + (f" and {more - 3} more" if more > 3 else "")
 
 
-def _config_changes(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
-    changes = []
+def _changes(expected: dict[str, Any], got: dict[str, Any], removed, added, changed) -> list[str]:
+    """One phrase per key that is missing from ``got``, new in it, or different, in key order."""
+    out = []
     for key in sorted(set(expected) | set(got)):
         if key not in got:
-            changes.append(f"{key} removed (was {expected[key]!r})")
+            out.append(removed(key, expected[key]))
         elif key not in expected:
-            changes.append(f"{key} added ({got[key]!r})")
+            out.append(added(key, got[key]))
         elif expected[key] != got[key]:
-            changes.append(f"{key} {expected[key]!r} -> {got[key]!r}")
-    return changes
+            out.append(changed(key, expected[key], got[key]))
+    return out
 
 
-def _tensor_changes(expected: dict[str, str], got: dict[str, str]) -> list[str]:
-    changes = []
-    for name in sorted(set(expected) | set(got)):
-        if name not in got:
-            changes.append(f"tensor {name} is missing (transformers would re-initialise it)")
-        elif name not in expected:
-            changes.append(f"tensor {name} was added")
-        elif expected[name] != got[name]:
-            was, now = expected[name].split("|"), got[name].split("|")
-            if was[:2] != now[:2]:
-                changes.append(f"tensor {name} is {now[0]} [{now[1]}], was {was[0]} [{was[1]}]")
-            else:
-                changes.append(f"tensor {name} has other values")
-    return changes
+def _tensor_change(name: str, was: str, now: str) -> str:
+    was_parts, now_parts = was.split("|"), now.split("|")
+    if was_parts[:2] == now_parts[:2]:
+        return f"tensor {name} has other values"
+    return f"tensor {name} is {now_parts[0]} [{now_parts[1]}], was {was_parts[0]} [{was_parts[1]}]"
 
 
-def _file_changes(expected: dict[str, str], got: dict[str, str]) -> list[str]:
-    changes = []
-    for name in sorted(set(expected) | set(got)):
-        if name not in got:
-            changes.append(f"{name} is missing")
-        elif name not in expected:
-            changes.append(f"{name} was added")
-        elif expected[name] != got[name]:
-            changes.append(f"{name} differs")
-    return changes
+# What each part of a record reports when a key is removed, added or changed.
+_DESCRIBE = {
+    "config": (
+        lambda k, v: f"{k} removed (was {v!r})",
+        lambda k, v: f"{k} added ({v!r})",
+        lambda k, a, b: f"{k} {a!r} -> {b!r}",
+    ),
+    "tensors": (
+        lambda k, v: f"tensor {k} is missing (transformers would re-initialise it)",
+        lambda k, v: f"tensor {k} was added",
+        _tensor_change,
+    ),
+    "files": (
+        lambda k, v: f"{k} is missing",
+        lambda k, v: f"{k} was added",
+        lambda k, a, b: f"{k} differs",
+    ),
+}
 
 
 def check_base_record(
@@ -232,15 +232,15 @@ def check_base_record(
 
     fix = "Use the base it was trained on (--base for export, --model.base for resume)."
     parts = (
-        ("config", _config_changes, "config"),
-        ("tensors", _tensor_changes, "weight files"),
-        ("base_tokenizer", _file_changes, "tokenizer files"),
-        ("tokenizer", _file_changes, f"tokenizer ({tokenizer or base})"),
+        ("config", "config", "config"),
+        ("tensors", "tensors", "weight files"),
+        ("base_tokenizer", "files", "tokenizer files"),
+        ("tokenizer", "files", f"tokenizer ({tokenizer or base})"),
     )
-    for key, diff, what in parts:
+    for key, kind, what in parts:
         if expected.get(key) is None or current.get(key) is None:
             continue
-        changes = diff(expected[key], current[key])
+        changes = _changes(expected[key], current[key], *_DESCRIBE[kind])
         if changes:
             raise IntegrityError(
                 f"Base '{base}' differs from the one {where} was trained on, in its {what}: "
