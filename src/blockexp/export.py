@@ -297,20 +297,15 @@ def export_checkpoint(
             tool); its weights must still be finite.
     """
     from .checkpoint import check_output_dir
-    from .inputs import declared_inputs
-    from .locks import sweep_stale_locks, writing_output
-    from .stale import clean_stale_temporaries
+    from .locks import clean_beside, writing_output
 
-    parent = Path(out).expanduser().resolve().parent
-    if parent.is_dir():  # what dead writers left beside the output goes first, whatever follows
-        clean_stale_temporaries(parent)
-        sweep_stale_locks(parent)
+    clean_beside(out)  # what dead writers left beside the output goes first, whatever follows
     path = Path(ckpt).expanduser()
     head = load_checkpoint_file(path, mmap=True, crc=False)  # the plain data, no tensor read
     if head.get("blockexp") is None:
         raise CheckpointError(f"{ckpt} was not written by blockexp fit (no 'blockexp' entry).")
     used, spec, _ = checkpoint_sources(head, base, tokenizer)
-    protect = [path, used, spec, *declared_inputs()]
+    protect = [path, used, spec]  # the command line's own inputs are added by the guard
     check_output_dir(out, protect=protect, overwrite=overwrite)
     del head
     # Locked (and dead writers' temporaries beside it cleaned) before the checkpoint is read,

@@ -44,6 +44,7 @@ __all__ = [
     "release",
     "release_all",
     "sweep_stale_locks",
+    "clean_beside",
     "writing_output",
 ]
 
@@ -231,16 +232,23 @@ def sweep_stale_locks(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def acquire_output(out: str | os.PathLike) -> Path | None:
-    """Lock the output directory ``out`` (:func:`acquire`), then remove what dead processes left
-    beside it: temporaries (:func:`blockexp.stale.clean_stale_temporaries` on its parent) and
-    lock files (:func:`sweep_stale_locks`)."""
+def clean_beside(out: str | os.PathLike) -> None:
+    """Remove what dead processes left beside the output ``out``: temporaries
+    (:func:`blockexp.stale.clean_stale_temporaries` on its parent) and lock files
+    (:func:`sweep_stale_locks`)."""
     from .stale import clean_stale_temporaries
 
+    parent = _canonical(out).parent
+    if parent.is_dir():
+        clean_stale_temporaries(parent)
+        sweep_stale_locks(parent)
+
+
+def acquire_output(out: str | os.PathLike) -> Path | None:
+    """Lock the output directory ``out`` (:func:`acquire`), then :func:`clean_beside` it."""
     lock = acquire(out)
     try:
-        clean_stale_temporaries(_canonical(out).parent)
-        sweep_stale_locks(_canonical(out).parent)
+        clean_beside(out)
     except BaseException:
         release(lock)
         raise

@@ -426,23 +426,12 @@ class BlockExpansionModule(L.LightningModule):
     def _check_export_target(self, trainer, datamodule=None) -> None:
         """Refuse, before anything runs, an export target that the end of the run may not write,
         and a run directory inside (or equal to) an input."""
-        from .checkpoint import OutputExistsError, check_output_dir
-        from .inputs import declared_inputs
+        from .checkpoint import check_output_dir
+        from .inputs import check_outside_inputs
 
         inputs = [p for p in self._inputs(trainer, datamodule) if isinstance(p, str | Path)]
         for folder in self._run_dirs(trainer):
-            folder = folder.expanduser().resolve()
-            for p in [*inputs, *declared_inputs()]:
-                pp = Path(p).expanduser()
-                if not pp.exists():
-                    continue
-                pp = pp.resolve()
-                if folder == pp or (pp.is_dir() and pp in folder.parents):
-                    raise OutputExistsError(
-                        f"Refusing to write this run's outputs to {folder}: it lies inside (or "
-                        f"is) {pp}, an input of the run. Choose another --trainer.default_root_dir "
-                        "(and checkpoint dirpath)."
-                    )
+            check_outside_inputs(folder, inputs, flag="--trainer.default_root_dir (and dirpath)")
         if self.hparams.export_dir:
             check_output_dir(
                 self.hparams.export_dir,
