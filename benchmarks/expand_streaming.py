@@ -11,7 +11,7 @@ in a temporary directory, then alternates, round after round, in this one comman
   imports included: ``python -m blockexp expand --base B --out O --expander LlamaPro
   --expander.num_groups G --max_shard_size S``; its peak RSS is the child's ``ru_maxrss``
   (from ``wait4``),
-* the library call alone, :func:`blockexp.streaming.stream_expand` timed around the call after
+* the library call alone, :func:`blockexp.io.streaming.stream_expand` timed around the call after
   the imports (what the command spends beyond its start-up),
 * optionally the in-memory path (``load_model`` + ``expand`` + ``save_pretrained``).
 
@@ -47,12 +47,12 @@ def status(key):
 
 expander = LlamaPro(num_groups=int(sys.argv[4]))
 if mode == "stream":
-    from blockexp.streaming import stream_expand
+    from blockexp.io.streaming import stream_expand
     before = status("VmRSS:")
     t0 = time.perf_counter()
     stream_expand(base, out, expander, max_shard_size=sys.argv[5])
 else:
-    from blockexp.checkpoint import load_model
+    from blockexp.io.checkpoint import load_model
     before = status("VmRSS:")
     t0 = time.perf_counter()
     model = load_model(base)
@@ -77,8 +77,8 @@ def make_checkpoint(
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    from blockexp.streaming import parse_size
-    from blockexp.tokenization import load_tokenizer
+    from blockexp.io.streaming import parse_size
+    from blockexp.io.tokenization import load_tokenizer
 
     h, inter = hidden, intermediate
     per_layer = (4 * h * h + 3 * h * inter + 2 * h) * 2

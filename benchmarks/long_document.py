@@ -4,7 +4,7 @@
 
 Writes the same number of characters twice: as ONE document on a single line (a 50 MB ``.jsonl``
 record or ``.txt`` paragraph) and as many 2 KB documents. For each, a fresh process tokenises it
-with :class:`blockexp.data.CPTDataModule` (the byte tokenizer, the cache in a temp dir) and trains
+with :class:`blockexp.data.cpt.CPTDataModule` (the byte tokenizer, the cache in a temp dir) and trains
 a tiny LLaMA Pro model for 2 steps. Reported: peak RSS (``VmHWM``) and wall time of each, and
 their ratio (goal: the long document within 2x the normal corpus); with ``--rounds N`` the two
 alternate N times (which goes first alternates too) and every round's ratio is printed with
@@ -28,10 +28,15 @@ CHILD = textwrap.dedent(
     """
     import json, sys, time
     import lightning as L
-    from blockexp.data import CPTDataModule, DataSource
+    from blockexp.data.cpt import CPTDataModule, DataSource
     from blockexp.expanders import LlamaPro
-    from blockexp.module import BlockExpansionModule
-    from blockexp.tokenization import BYTE_BOS_ID, BYTE_EOS_ID, BYTE_PAD_ID, BYTE_VOCAB_SIZE
+    from blockexp.training.module import BlockExpansionModule
+    from blockexp.io.tokenization import (
+    BYTE_BOS_ID,
+    BYTE_EOS_ID,
+    BYTE_PAD_ID,
+    BYTE_VOCAB_SIZE,
+)
     path, cache = sys.argv[1], sys.argv[2]
     started = time.perf_counter()
     data = CPTDataModule(sources=[DataSource(name="d", path=path)], tokenizer="byte",

@@ -85,9 +85,9 @@ def build(args):
     from transformers import AutoModelForCausalLM, LlamaConfig
     from transformers.initialization import no_init_weights
 
-    from blockexp.attention import select_attn_implementation
     from blockexp.expanders import LlamaPro
-    from blockexp.precision import apply_precision_policy
+    from blockexp.training.attention import select_attn_implementation
+    from blockexp.training.precision import apply_precision_policy
 
     shape = dict(SHAPES[args.shape])
     groups = shape.pop("groups")
@@ -174,17 +174,17 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("This benchmark needs a CUDA GPU.")
-    from blockexp.loss import causal_lm_forward_loss
+    from blockexp.training.loss import causal_lm_forward_loss
 
     name = torch.cuda.get_device_name()
     peak = (args.peak_tflops or peak_bf16_tflops(name)) * 1e12
     model, params, info = build(args)
     if args.compile:  # as BlockExpansionModule(compile_layers=True) does
-        from blockexp.module import BlockExpansionModule
+        from blockexp.training.module import BlockExpansionModule
 
         BlockExpansionModule._compile_layers(model)
-    from blockexp.attention import uses_flash_attention
     from blockexp.data.packing import flatten_packed_batch, packed_position_ids
+    from blockexp.training.attention import uses_flash_attention
 
     flat = uses_flash_attention(model)
     opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)

@@ -64,7 +64,7 @@ torch.set_num_threads(cfg["threads"])
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 from blockexp.expanders import LlamaPro
-from blockexp.module import BlockExpansionModule
+from blockexp.training.module import BlockExpansionModule
 
 device = cfg["device"]
 base = dict(model_type="llama", vocab_size=cfg["vocab"], hidden_size=cfg["hidden"],
@@ -150,7 +150,7 @@ def bare_steps():  # bare PyTorch: the same module's model, optimizer and schedu
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=True)
-    from blockexp.module import cosine_with_warmup
+    from blockexp.training.module import cosine_with_warmup
     warm = int(round(hp.warmup_ratio * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, steps, warm))
     module.model.train()
@@ -380,9 +380,9 @@ import lightning as L
 cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
 L.seed_everything(0, verbose=False)
-from blockexp.data import CPTDataModule
+from blockexp.data.cpt import CPTDataModule
 from blockexp.expanders import LlamaPro
-from blockexp.module import BlockExpansionModule
+from blockexp.training.module import BlockExpansionModule
 repo = cfg["repo"]
 data = CPTDataModule(sources=[
     {"name": "general", "path": repo + "/data/quickstart/general.jsonl", "weight": 1.0},

@@ -75,7 +75,7 @@ def _run_blockexp(cfg: dict, marks: list[float]) -> dict:
     from torch.utils.data import DataLoader
 
     from blockexp.expanders import LlamaPro
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
 
     lean = cfg["precision"] == "bf16"
     module = BlockExpansionModule(

@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from blockexp.lmeval.build import build_tasks
-from blockexp.lmeval.tasks import TASKS_DIR
+from blockexp.evaluation.lmeval.build import build_tasks
+from blockexp.evaluation.lmeval.tasks import TASKS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,8 +2,8 @@
 
 ``python scripts/make_trace_data.py data/micro_trace`` writes, for each task,
 ``<out>/<Task>/{train,eval,test}.json`` (JSON lists of ``{"prompt", "answer"}``), so the whole
-continual-learning loop (:class:`~blockexp.data.TRACEDataModule` +
-:class:`~blockexp.callbacks.TRACECallback`) runs offline on a CPU in minutes. Each task mirrors
+continual-learning loop (:class:`~blockexp.trace.data.TRACEDataModule` +
+:class:`~blockexp.trace.callback.TRACECallback`) runs offline on a CPU in minutes. Each task mirrors
 one kind of TRACE task and its metric (:data:`SYNTHETIC_TASK_METRICS`):
 
 ==========  ===========================  ==================  ======================
@@ -39,7 +39,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from blockexp.checkpoint import atomic_write
+from blockexp.io.checkpoint import atomic_write
 
 __all__ = [
     "SYNTHETIC_TASKS",

@@ -111,7 +111,7 @@ MIXED_MOE_CONFIGS = {
 def make_arch_model(model_type: str | dict, seed: int = 0):
     """A tiny model of ``model_type`` (a key of :data:`ARCH_CONFIGS`, or a config dict), in eval
     mode, whose every layer visibly matters."""
-    from blockexp.checkpoint import load_model
+    from blockexp.io.checkpoint import load_model
 
     config = ARCH_CONFIGS[model_type] if isinstance(model_type, str) else model_type
     model = load_model(config, dtype="float32", seed=seed)
@@ -172,7 +172,7 @@ def _make_trainer(tmp_path, steps: int, **kwargs):
 
 def _make_module(**kwargs):
     from blockexp.expanders import LlamaPro
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
 
     return BlockExpansionModule(
         base=tiny_llama_dict(4),
@@ -215,7 +215,7 @@ def fit_module():
 @pytest.fixture
 def tiny_llama():
     """Factory: a tiny random Llama (float32, eval mode) with ``num_layers`` layers."""
-    from blockexp.checkpoint import load_model
+    from blockexp.io.checkpoint import load_model
 
     def make(num_layers: int = 4, seed: int = 0, **overrides):
         model = load_model(tiny_llama_dict(num_layers, **overrides), dtype="float32", seed=seed)
@@ -232,7 +232,7 @@ def tiny_llama():
 @pytest.fixture
 def tiny_llama_dir(tmp_path, tiny_llama):
     """A locally saved tiny Llama checkpoint (safetensors + config + byte tokenizer)."""
-    from blockexp.tokenization import load_tokenizer
+    from blockexp.io.tokenization import load_tokenizer
 
     model = tiny_llama(4)
     path = tmp_path / "base"

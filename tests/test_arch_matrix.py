@@ -23,10 +23,15 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from blockexp.expanders import LlamaPro, PrefixStack, SLayer, SuffixStack
+from blockexp.expanders import (
+    LlamaPro,
+    PrefixStack,
+    SLayer,
+    SuffixStack,
+)
 from blockexp.expanders.dry_run import plan_summary
+from blockexp.io.streaming import stream_expand
 from blockexp.layers import get_arch, supported_model_types
-from blockexp.streaming import stream_expand
 from tests.conftest import ARCH_CONFIGS, MIXED_MOE_CONFIGS, make_arch_model
 
 EXPANDERS = {
@@ -220,7 +225,7 @@ def test_readme_lists_exactly_the_matrix():
 def test_training_and_export_on_every_architecture(row, saved_bases, tmp_path, fit_module):
     """Two LLaMA Pro training steps from the saved base: frozen weights stay bit-identical, the
     new blocks move, and the export reloads as a plain model computing the trained function."""
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
 
     _, base_dir = saved_bases(row)
     module = BlockExpansionModule(

@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from blockexp import attention
-from blockexp.attention import select_attn_implementation
-from blockexp.checkpoint import load_model
 from blockexp.data.packing import packed_position_ids
+from blockexp.io.checkpoint import load_model
+from blockexp.training import attention
+from blockexp.training.attention import select_attn_implementation
 from tests.conftest import tiny_llama_dict
 
 EOS = 258
@@ -59,7 +59,7 @@ def test_flattened_packed_batch_gives_the_same_loss():
 def test_cpt_data_module_emits_document_position_ids(tmp_path):
     import json
 
-    from blockexp.data import CPTDataModule, DataSource
+    from blockexp.data.cpt import CPTDataModule, DataSource
 
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": "ab" * (i + 3)}) + "\n" for i in range(40)))
@@ -112,7 +112,7 @@ def test_attention_auto_selection(monkeypatch, make_module):
 
 
 def test_auto_skips_a_kernel_the_model_class_lacks():
-    from blockexp.checkpoint import load_config
+    from blockexp.io.checkpoint import load_config
     from tests.conftest import ARCH_CONFIGS
 
     if torch.cuda.is_available():

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from blockexp.checkpoint import MANIFEST_NAME, OutputExistsError
 from blockexp.cli import main
+from blockexp.io.checkpoint import MANIFEST_NAME, OutputExistsError
 from tests.conftest import tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,9 +248,9 @@ def test_quickstart_fit_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
 def _fit_from_dir(base_dir, root, steps, save_frozen, ckpt=None):
     import lightning as L
 
-    from blockexp.data import CPTDataModule, DataSource
+    from blockexp.data.cpt import CPTDataModule, DataSource
     from blockexp.expanders import LlamaPro
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
 
     data = CPTDataModule(
         sources=[DataSource(name="d", path=str(REPO / "data/quickstart/domain.jsonl"))],
@@ -277,7 +277,7 @@ def _fit_from_dir(base_dir, root, steps, save_frozen, ckpt=None):
 
 
 def test_trainable_only_checkpoint_refuses_a_changed_base(tiny_llama, tiny_llama_dir, tmp_path):
-    from blockexp.export import rebuild_from_checkpoint
+    from blockexp.training.export import rebuild_from_checkpoint
 
     module, last = _fit_from_dir(tiny_llama_dir, tmp_path / "run", 2, save_frozen=False)
     state = torch.load(last, map_location="cpu", weights_only=True)
@@ -296,7 +296,7 @@ def test_trainable_only_checkpoint_refuses_a_changed_base(tiny_llama, tiny_llama
 def test_save_frozen_makes_checkpoints_self_contained(tiny_llama_dir, tmp_path):
     import shutil
 
-    from blockexp.export import rebuild_from_checkpoint
+    from blockexp.training.export import rebuild_from_checkpoint
 
     module, last = _fit_from_dir(tiny_llama_dir, tmp_path / "run", 2, save_frozen=True)
     state = torch.load(last, map_location="cpu", weights_only=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blockexp.cli import BlockexpCLI, expand_config_defaults, main
+from blockexp.cli import main
+from blockexp.training.cli import BlockexpCLI, expand_config_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch import nn
 
-from blockexp.checkpoint import load_model, save_pretrained_atomic
 from blockexp.expanders import Expansion, expander_names, get_expander
+from blockexp.io.checkpoint import load_model, save_pretrained_atomic
 from blockexp.layers import get_arch
-from blockexp.loss import causal_lm_forward_loss
+from blockexp.training.loss import causal_lm_forward_loss
 from tests.conftest import tiny_llama_dict
 
 TrainableFn = Callable[[nn.Module, Expansion], set[str]]
@@ -257,7 +257,7 @@ def test_generate_with_kv_cache(trained: Case):
 
 
 def test_chunked_loss_equals_the_models_own_loss(case: Case):
-    """The module's chunked loss (blockexp.loss) works on every expander's model (PEFT wrapper,
+    """The module's chunked loss (blockexp.training.loss) works on every expander's model (PEFT wrapper,
     MoE layers, tied embeddings): same loss and same gradients as the model's own loss."""
     model = copy.deepcopy(case.expansion.model).train()
     ids = _ids(7, batch=2, length=12)

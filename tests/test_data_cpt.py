@@ -11,9 +11,10 @@ import pytest
 import torch
 from make_quickstart_data import write_quickstart_data
 
-from blockexp.data import CPTDataModule, DataError, DataSource
 from blockexp.data import cpt as cpt_mod
-from blockexp.tokenization import (
+from blockexp.data.cpt import CPTDataModule, DataSource
+from blockexp.data.records import DataError
+from blockexp.io.tokenization import (
     BYTE_BOS_ID,
     BYTE_EOS_ID,
     BYTE_PAD_ID,

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     from torch.utils.data import DataLoader
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
     from blockexp.expanders import LlamaPro
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
     sys.path.insert(0, {repo!r})
     from tests.conftest import RandomBlocks, tiny_llama_dict
 

@@ -42,7 +42,12 @@ def middle_stack():
 
 def test_strategy_walkthrough(middle_stack, tiny_llama, tmp_path, capsys):
     from blockexp.cli import main
-    from blockexp.expanders import Expander, ExpanderConfigError, get_expander, register_expander
+    from blockexp.expanders import (
+        Expander,
+        ExpanderConfigError,
+        get_expander,
+        register_expander,
+    )
 
     assert get_expander("MiddleStack") is middle_stack  # registered by name
     expander = middle_stack(num_blocks=2)
@@ -104,7 +109,7 @@ def test_data_walkthrough(tmp_path, make_trainer):
     from blockexp.data.loader import ResumableDataLoader
     from blockexp.data.records import DataError
     from blockexp.expanders import LlamaPro
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
     from tests.conftest import tiny_llama_dict
 
     namespace: dict = {}

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from blockexp.cli import main
-from blockexp.data import CPTDataModule, DataSource
+from blockexp.data.cpt import CPTDataModule, DataSource
 from blockexp.expanders import get_expander
-from blockexp.module import BlockExpansionModule
+from blockexp.training.module import BlockExpansionModule
 from tests.conftest import random_ids, tiny_llama_dict
 
 

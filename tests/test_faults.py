@@ -321,7 +321,7 @@ def test_forged_base_record_is_caught_when_the_base_is_stated(trained, tmp_path,
     """The record is an integrity check, not a signature: a checkpoint edited to name another
     base (with that base's record and fingerprint) exports from it. Stating the real base with
     --base refuses it."""
-    from blockexp.export import load_checkpoint_file
+    from blockexp.training.export import load_checkpoint_file
 
     base, ckpt = trained
     other = tmp_path / "other_base"
@@ -396,7 +396,7 @@ def test_corrupted_checkpoints_are_refused(trained, tmp_path, capsys):
 def _tampered(state: dict, key: str, value: float) -> dict:
     """``state`` with one value of trained tensor ``key`` set to ``value`` and its stored
     checksum recomputed (so only the finiteness check can catch it)."""
-    from blockexp.loading import tensor_digests
+    from blockexp.training.loading import tensor_digests
 
     state = {**state, "state_dict": dict(state["state_dict"]), "blockexp": dict(state["blockexp"])}
     tensor = state["state_dict"][key].clone()
@@ -411,7 +411,7 @@ def test_non_finite_and_unverified_checkpoints_are_refused(trained, tmp_path, ca
     """Trained weights holding NaN, inf or 3.4e38 are refused on export and resume even with a
     recomputed checksum, naming the tensor; a checkpoint with no checksums is refused unless the
     user passes the explicit flag (and then still must be finite)."""
-    from blockexp.export import load_checkpoint_file
+    from blockexp.training.export import load_checkpoint_file
 
     base, ckpt = trained
     state = load_checkpoint_file(ckpt)
@@ -480,9 +480,9 @@ def test_export_never_writes_over_its_inputs(trained, tmp_path, capsys, monkeypa
     """No output may equal, contain or lie inside an input (base, checkpoint, tokenizer, config),
     resolved through symlinks, even with --overwrite and a manifest in place; the refusal comes
     before anything is hashed."""
-    import blockexp.base_record
-    import blockexp.loading
-    from blockexp.checkpoint import MANIFEST_NAME
+    import blockexp.io.base_record
+    import blockexp.training.loading
+    from blockexp.io.checkpoint import MANIFEST_NAME
 
     base, ckpt = trained
     expanded = tmp_path / "expanded"  # an earlier blockexp output, used as the base
@@ -511,8 +511,8 @@ def test_export_never_writes_over_its_inputs(trained, tmp_path, capsys, monkeypa
     def never(*args, **kwargs):
         raise AssertionError("hashed before the output check")
 
-    monkeypatch.setattr(blockexp.base_record, "tensor_record", never)
-    monkeypatch.setattr(blockexp.loading, "tensor_digests", never)
+    monkeypatch.setattr(blockexp.io.base_record, "tensor_record", never)
+    monkeypatch.setattr(blockexp.training.loading, "tensor_digests", never)
     cases = {
         "out is the base": ["--base", str(base), "--out", str(base)],
         "out is the checkpoint's directory": ["--out", str(ckpt.parent)],
@@ -540,7 +540,7 @@ def test_expand_and_fit_never_write_over_their_inputs(
 ):
     """The same rule for ``expand`` (base, config file) and ``fit`` (export_dir over the data,
     the tokenizer or the config; the run directory inside the base)."""
-    from blockexp.checkpoint import MANIFEST_NAME
+    from blockexp.io.checkpoint import MANIFEST_NAME
 
     monkeypatch.chdir(REPO)
     base = tiny_llama_dir
@@ -678,7 +678,7 @@ def test_every_bad_input_is_one_line(tmp_path, capsys, monkeypatch, tiny_llama_d
             [
                 *quick,
                 "--data",
-                "blockexp.data.SFTDataModule",
+                "blockexp.data.sft.SFTDataModule",
                 "--data.init_args.train_files",
                 f"[{sft}]",
             ],
@@ -688,7 +688,7 @@ def test_every_bad_input_is_one_line(tmp_path, capsys, monkeypatch, tiny_llama_d
             [
                 *quick,
                 "--data",
-                "blockexp.data.TRACEDataModule",
+                "blockexp.trace.data.TRACEDataModule",
                 "--data.init_args.root",
                 str(trace.parent),
                 "--data.init_args.tasks",
@@ -784,7 +784,7 @@ def test_second_fit_into_a_used_run_directory_is_refused(trained, capsys):
 
 
 def test_stale_temporaries_of_dead_processes_are_cleaned(tmp_path):
-    from blockexp.checkpoint import atomic_output_dir
+    from blockexp.io.checkpoint import atomic_output_dir
 
     out = tmp_path / "out"
     dead = subprocess.run(
@@ -976,8 +976,8 @@ def test_kill_fit_and_checkpoint_saves_then_resume(tmp_path, tiny_llama_dir):
         last = last or (saved[-1] if saved else None)
         resumed += last is not None
         if last is not None:  # complete and verified, or absent
-            from blockexp.export import load_checkpoint_file
-            from blockexp.loading import check_stored_tensors
+            from blockexp.training.export import load_checkpoint_file
+            from blockexp.training.loading import check_stored_tensors
 
             state = load_checkpoint_file(last)
             check_stored_tensors(state["state_dict"], state["blockexp"]["stored_digest"], "last")

@@ -17,7 +17,7 @@ import lightning as L
 import pytest
 import torch
 
-from blockexp.attention import flash_attn_available
+from blockexp.training.attention import flash_attn_available
 from tests.conftest import RandomBlocks, make_arch_model, tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ needs_flash = pytest.mark.skipif(
 
 def _module(attn: str | None, policy: str = "lean", module_args: dict | None = None, **config):
     from blockexp.expanders import LlamaPro
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
 
     # head dim 128 (hidden 256, 2 heads; 1 KV head: grouped-query attention), as Llama's
     base = tiny_llama_dict(
@@ -136,7 +136,7 @@ def test_compiled_layers_train_like_eager_ones():
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("chunk", [7, None])
 def test_chunked_loss_equals_the_models_own_loss_on_cuda(model_type, autocast, chunk):
-    from blockexp.loss import causal_lm_forward_loss
+    from blockexp.training.loss import causal_lm_forward_loss
 
     model = make_arch_model(model_type).cuda().train()
     ids = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(1)).cuda()
@@ -168,7 +168,7 @@ def test_precision_policies_train_on_cuda(tmp_path, policy, precision, make_trai
     from torch.utils.data import DataLoader
 
     from blockexp.expanders import LlamaPro
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
 
     module = BlockExpansionModule(
         base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2), tokenizer="byte", lr=1e-2,

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from blockexp.cli import main
-from blockexp.expanders import SLayer
-from blockexp.importance import (
+from blockexp.evaluation.importance import (
     MultipleChoiceItem,
     angular_distance,
     choice_log_likelihoods,
@@ -27,8 +26,10 @@ from blockexp.importance import (
     removal_plan,
     temporary_plan,
 )
-from blockexp.layers import get_arch, zero_residual_writers
-from blockexp.tokenization import load_tokenizer
+from blockexp.expanders import SLayer
+from blockexp.io.tokenization import load_tokenizer
+from blockexp.layers import get_arch
+from blockexp.layers.surgery import zero_residual_writers
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "importance_sample"
@@ -56,7 +57,7 @@ def test_layer_angular_distances_match_hidden_states(tiny_llama):
 
 
 def test_temporary_plans_change_and_restore_the_model():
-    from blockexp.checkpoint import load_model
+    from blockexp.io.checkpoint import load_model
     from tests.conftest import tiny_llama_dict
 
     config = tiny_llama_dict(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from blockexp.cli import main
-from blockexp.lmeval import (
+from blockexp.evaluation.lmeval import (
     EvalError,
     evaluate_model,
     headline_scores,
@@ -18,13 +18,13 @@ from blockexp.lmeval import (
     load_tasks,
     shipped_tasks,
 )
-from blockexp.lmeval.build import (
+from blockexp.evaluation.lmeval.build import (
     choice_docs,
     cloze_docs,
     code_line_docs,
     complete_docs,
 )
-from blockexp.lmeval.tasks import TASKS_DIR, load_jsonl, process_next_line
+from blockexp.evaluation.lmeval.tasks import TASKS_DIR, load_jsonl, process_next_line
 
 REPO = Path(__file__).resolve().parents[1]
 GENERAL = ["blockexp_cloze", "blockexp_choice", "blockexp_complete"]
@@ -37,7 +37,7 @@ PROSE = [
 
 
 def _byte_tokenizer():
-    from blockexp.tokenization import load_tokenizer
+    from blockexp.io.tokenization import load_tokenizer
 
     return load_tokenizer("byte")
 
@@ -232,9 +232,9 @@ def test_general_eval_before_after_as_exported(strategy, tiny_llama_dir, tmp_pat
     expansion scores exactly what the base scores; the end differs after training."""
     from transformers import AutoModelForCausalLM
 
-    from blockexp.callbacks import GeneralEval
+    from blockexp.evaluation.general import GeneralEval
     from blockexp.expanders import get_expander
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
 
     args = {"LlamaPro": {"num_groups": 2}, "LoRA": {"r": 4, "alpha": 8}, "MoEExpansion": {}}
     module = BlockExpansionModule(
@@ -266,7 +266,7 @@ def test_general_eval_before_after_as_exported(strategy, tiny_llama_dir, tmp_pat
 
 
 def test_general_eval_resume_restores_entries_and_refuses_other_tasks():
-    from blockexp.callbacks import GeneralEval
+    from blockexp.evaluation.general import GeneralEval
 
     a = GeneralEval(tasks="blockexp_cloze")
     a.entries = [{"label": "start", "step": 0, "scores": {"blockexp_cloze": 0.1}, "mean": 0.1}]

@@ -24,14 +24,19 @@ import pytest
 import torch
 
 from blockexp.cli import main
-from blockexp.locks import DirectoryLockedError, acquire, lock_file, release
+from blockexp.io.locks import (
+    DirectoryLockedError,
+    acquire,
+    lock_file,
+    release,
+)
 from tests.conftest import record_faults
 from tests.test_faults import REPO, _fit_args, _user_error
 
 HOLDER = textwrap.dedent(
     """
     import sys
-    from blockexp.locks import acquire
+    from blockexp.io.locks import acquire
     acquire(sys.argv[1])
     print("locked", flush=True)
     sys.stdin.read()  # hold the lock until the test closes stdin (or kills this process)
@@ -112,7 +117,7 @@ def test_a_lock_file_removed_while_locking_is_not_held(tmp_path, monkeypatch):
     lock is no longer the one at the path, and locking must start over on the new file."""
     import fcntl
 
-    from blockexp import locks
+    from blockexp.io import locks
 
     out = tmp_path / "out"
     real_flock, calls = fcntl.flock, []
@@ -284,8 +289,8 @@ def test_expand_removes_dead_runs_temporaries_beside_its_output(tmp_path, tiny_l
 
 
 def test_planted_links_named_like_temporaries_are_never_followed(tmp_path):
-    from blockexp.checkpoint import atomic_output_dir
-    from blockexp.stale import clean_stale_outputs
+    from blockexp.io.checkpoint import atomic_output_dir
+    from blockexp.io.stale import clean_stale_outputs
 
     dead = _dead_pid()
     targets = []
@@ -351,8 +356,8 @@ def test_disk_full_during_a_checkpoint_save_is_one_line(
     replacement beside it; 600 kB hold the first step's two files but not a third (torch's
     writer then fails with "unexpected pos", the OSError only its context). Either way: one
     line, and the checkpoints of step 1 stay, complete."""
-    from blockexp.export import load_checkpoint_file
-    from blockexp.loading import check_stored_tensors
+    from blockexp.training.export import load_checkpoint_file
+    from blockexp.training.loading import check_stored_tensors
 
     monkeypatch.chdir(REPO)
     root = tmp_path / "run"
@@ -379,7 +384,7 @@ def test_disk_full_during_a_checkpoint_save_is_one_line(
 def test_a_torch_write_failing_on_a_full_disk_is_reported_as_no_space(tmp_path, monkeypatch):
     """torch's writer may end with a RuntimeError ("unexpected pos") whose context is the
     ENOSPC: that is a full disk too. Another RuntimeError is left as it is."""
-    from blockexp.checkpoint_io import AtomicCheckpointIO
+    from blockexp.training.checkpoint_io import AtomicCheckpointIO
 
     def full(obj, f):
         f.write(b"partial")

@@ -8,7 +8,12 @@ import copy
 import pytest
 import torch
 
-from blockexp.expanders import ExpanderConfigError, FullFineTune, LoRA, build_expander
+from blockexp.expanders import (
+    ExpanderConfigError,
+    FullFineTune,
+    LoRA,
+    build_expander,
+)
 from tests.conftest import random_ids
 
 

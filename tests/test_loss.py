@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from blockexp.loss import causal_lm_forward_loss, chunked_causal_lm_loss, loss_chunk_tokens
+from blockexp.training.loss import causal_lm_forward_loss, chunked_causal_lm_loss, loss_chunk_tokens
 
 
 def _labels(ids: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from blockexp.checkpoint import MANIFEST_NAME, OutputExistsError
-from blockexp.data import CPTDataModule, DataSource
+from blockexp.data.cpt import CPTDataModule, DataSource
 from blockexp.expanders import LlamaPro
-from blockexp.module import BlockExpansionModule, cosine_with_warmup
+from blockexp.io.checkpoint import MANIFEST_NAME, OutputExistsError
+from blockexp.training.module import BlockExpansionModule, cosine_with_warmup
 from tests.conftest import tiny_llama_dict
 
 
@@ -68,7 +68,7 @@ def test_optimizer_defaults_and_groups(corpus, tmp_path, make_trainer):
 
 def test_fused_adamw_takes_the_same_steps_as_the_loop(corpus, tmp_path, make_trainer):
     """Fused (default) and per-tensor AdamW train the same weights up to float rounding."""
-    from blockexp.module import fused_adamw_supported
+    from blockexp.training.module import fused_adamw_supported
 
     trained = []
     for fused in (None, False):
@@ -142,7 +142,7 @@ def test_export_matches_trained_module_and_protects_outputs(
 
 
 def test_default_tokenizer_spec():
-    from blockexp.loading import resolve_tokenizer_spec
+    from blockexp.training.loading import resolve_tokenizer_spec
 
     assert resolve_tokenizer_spec(None, tiny_llama_dict(2)) == "byte"
     with pytest.raises(ValueError, match="vocab_size=100, too small for the built-in byte"):
@@ -200,7 +200,9 @@ def test_int8_optimizer_state_trains_close_to_fp32_and_resumes(corpus, tmp_path,
             saved = torch.load(tmp_path / state / "last.ckpt", weights_only=True)
             assert saved["optimizer_states"]
             resumed = make(state)
-            from blockexp.checkpoint_io import AtomicCheckpointIO  # the CLI's checkpoint IO
+            from blockexp.training.checkpoint_io import (
+                AtomicCheckpointIO,  # the CLI's checkpoint IO
+            )
 
             make_trainer(tmp_path / "resumed", steps=32, plugins=[AtomicCheckpointIO()]).fit(
                 resumed,

@@ -11,8 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from blockexp.expanders import ExpanderConfigError, MoEExpansion
-from blockexp.expanders.moe import MOE_WEIGHTS_NAME, MoEFeedForward, load_moe_model
+from blockexp.expanders.moe import load_moe_model
 from blockexp.layers import get_arch
+from blockexp.layers.moe import MOE_WEIGHTS_NAME, MoEFeedForward
 from tests.conftest import random_ids
 
 

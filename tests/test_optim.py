@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from blockexp.checkpoint_io import AtomicCheckpointIO
 from blockexp.expanders import LlamaPro
-from blockexp.module import BlockExpansionModule
-from blockexp.optim import OptimizerInBackward
+from blockexp.training.checkpoint_io import AtomicCheckpointIO
+from blockexp.training.module import BlockExpansionModule
+from blockexp.training.optim import OptimizerInBackward
 from tests.conftest import RandomBlocks, tiny_llama_dict
 
 

@@ -1,5 +1,5 @@
 """Outputs keep the base's non-weight files and load alike in transformers 4.x and 5.x
-(:mod:`blockexp.portable`)."""
+(:mod:`blockexp.io.portable`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from blockexp.cli import main
 from blockexp.expanders import LlamaPro
-from blockexp.portable import (
+from blockexp.io.portable import (
     _ATTRIBUTE_MAPS,
     carry_base_files,
     is_weight_file,
@@ -22,8 +22,8 @@ from blockexp.portable import (
     portable_config,
     portable_tokenizer_config,
 )
-from blockexp.streaming import stream_expand
-from blockexp.tokenization import load_tokenizer
+from blockexp.io.streaming import stream_expand
+from blockexp.io.tokenization import load_tokenizer
 from tests.conftest import ARCH_CONFIGS, RandomBlocks, make_arch_model, tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def test_expand_streamed_and_in_memory_keep_the_base_files(tiny_llama, tmp_path,
 def test_export_keeps_the_base_files(tiny_llama, tmp_path, make_trainer):
     from torch.utils.data import DataLoader
 
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
 
     base = _make_base(tiny_llama(4), tmp_path / "base")
     module = BlockExpansionModule(base=str(base), expander=LlamaPro(num_groups=2), lr=1e-2)
@@ -400,8 +400,8 @@ def _build_compat_dirs(root: Path, version: str) -> dict[str, Path]:
     directory as the control."""
     from torch.utils.data import DataLoader
 
-    from blockexp.export import export_checkpoint
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.export import export_checkpoint
+    from blockexp.training.module import BlockExpansionModule
     from tests.conftest import _make_trainer
 
     numbers = tuple(int(p) for p in version.split(".")[:2])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blockexp.precision import (
+from blockexp.training.precision import (
     apply_precision_policy,
     check_trainer_precision,
     parameter_bytes,

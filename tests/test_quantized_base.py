@@ -14,9 +14,14 @@ from safetensors.torch import load_file
 
 pytest.importorskip("torchao")
 
-from blockexp.expanders import LlamaPro, PrefixStack, SLayer, SuffixStack  # noqa: E402
-from blockexp.module import BlockExpansionModule  # noqa: E402
-from blockexp.quantize import quantise_frozen_linears, quantised_parameters  # noqa: E402
+from blockexp.expanders import (
+    LlamaPro,
+    PrefixStack,
+    SLayer,
+    SuffixStack,
+)
+from blockexp.training.module import BlockExpansionModule  # noqa: E402
+from blockexp.training.quantize import quantise_frozen_linears, quantised_parameters  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +93,7 @@ def test_frozen_linears_quantised_trainable_untouched(base_dir, policy, expander
         kept = {n for n in linears if "k_proj" in n or "v_proj" in n}
         assert names == linears - kept and kept
         assert "k_proj" in str(quant.quant_summary)
-    assert "lm_head.weight" not in names  # the head stays bf16 (see blockexp.quantize)
+    assert "lm_head.weight" not in names  # the head stays bf16 (see blockexp.training.quantize)
     # Trainable parameters, embeddings and norms are the lean ones, untouched.
     lean_params = dict(lean.model.named_parameters())
     for name, param in quant.model.named_parameters():
@@ -120,7 +125,7 @@ def test_fit_resume_and_export_use_the_base_weights(base_dir, tmp_path, make_tra
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from blockexp.export import export_checkpoint
+    from blockexp.training.export import export_checkpoint
     from tests.conftest import RandomBlocks
 
     def lean_int8(**kw) -> BlockExpansionModule:
@@ -164,7 +169,9 @@ def test_fit_resume_and_export_use_the_base_weights(base_dir, tmp_path, make_tra
     assert all(torch.equal(again[k], exported[k]) for k in exported)
 
     resumed = lean_int8()
-    from blockexp.checkpoint_io import AtomicCheckpointIO  # the CLI's (torchao's 8-bit state)
+    from blockexp.training.checkpoint_io import (
+        AtomicCheckpointIO,  # the CLI's (torchao's 8-bit state
+    )
 
     trainer2 = make_trainer(tmp_path / "r", 5, plugins=[AtomicCheckpointIO()])
     trainer2.fit(
@@ -195,7 +202,7 @@ FSDP_SCRIPT = textwrap.dedent(
     from lightning.pytorch.strategies import ModelParallelStrategy
     from safetensors.torch import load_file
     from blockexp.expanders import LlamaPro
-    from blockexp.module import BlockExpansionModule
+    from blockexp.training.module import BlockExpansionModule
     sys.path.insert(0, {repo!r})
     from tests.conftest import RandomBlocks
 

@@ -8,10 +8,10 @@ import lightning as L
 import pytest
 import torch
 
-from blockexp.data import CPTDataModule, DataSource
+from blockexp.data.cpt import CPTDataModule, DataSource
 from blockexp.data.loader import EpochSampler, ResumableDataLoader
 from blockexp.expanders import LlamaPro
-from blockexp.module import BlockExpansionModule
+from blockexp.training.module import BlockExpansionModule
 from tests.conftest import tiny_llama_dict
 
 

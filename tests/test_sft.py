@@ -7,15 +7,16 @@ import json
 import pytest
 import torch
 
-from blockexp.data import DataError, SFTDataModule
 from blockexp.data.collate import IGNORE_INDEX
+from blockexp.data.records import DataError
 from blockexp.data.sft import (
+    SFTDataModule,
     encode_conversation,
     iter_json_records,
     normalize_record,
     pack_examples,
 )
-from blockexp.tokenization import load_tokenizer
+from blockexp.io.tokenization import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from blockexp import streaming
 from blockexp.expanders import LlamaPro, PrefixStack, SLayer
 from blockexp.expanders.dry_run import plan_summary
+from blockexp.io import streaming
 from tests.conftest import ARCH_CONFIGS, make_arch_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +70,8 @@ def test_help_plan_and_streaming_expand_import_neither_lightning_nor_torch(check
         assert not modules & LIGHTNING, (name, sorted(modules & LIGHTNING))
         assert not modules & MODEL_STACK, (
             f"`python -m blockexp {name}` imports {sorted(modules & MODEL_STACK)}: something on "
-            "its path imports torch or transformers at module level (use blockexp._lazy or an "
-            "import inside the function that needs it)"
+            "its path imports torch or transformers at module level (import it inside the function "
+            "that needs it)"
         )
 
 
@@ -90,8 +90,9 @@ def test_plan_from_config_alone_builds_the_model_without_lightning(tmp_path):
 
 
 @pytest.mark.parametrize("config", [None, "class_path"], ids=["argv", "config_file"])
-def test_cli_registers_deferred_strategies_when_named(tmp_path, config):
-    """``python -m blockexp`` defers strategies that import torch; naming one still works."""
+def test_every_strategy_is_registered_without_torch(tmp_path, config):
+    """Every strategy registers without torch (no deferral): naming MoE on the command line or in
+    a config works, and the registry maps each name to ``module:Class``."""
     (tmp_path / "config.json").write_text(json.dumps(ARCH_CONFIGS["llama"]))
     args = ["plan", "--base", str(tmp_path), "--json"]
     if config is None:
@@ -110,55 +111,23 @@ def test_cli_registers_deferred_strategies_when_named(tmp_path, config):
     assert json.loads(result.stdout)["strategy"] == "MoEExpansion"
 
 
-def test_deferred_modules_list_their_strategies():
-    import blockexp.expanders as expanders
-    from blockexp.expanders.base import _REGISTRY
-
-    for module, names in expanders._TORCH_MODULES.items():
-        registered = {n for n, c in _REGISTRY.items() if c.__module__.endswith(f".{module}")}
-        assert registered == set(names), (module, registered)
-
-
-def test_which_commands_need_every_strategy(monkeypatch):
-    import blockexp.expanders as expanders
-    from blockexp.cli import _needs_every_strategy
-
-    # As in ``python -m blockexp`` before MoE is registered.
-    names = [n for n in expanders.expander_names() if n != "MoEExpansion"]
-    monkeypatch.setattr(expanders, "expander_names", lambda: names)
-    light = ["plan", "--base", "x", "--expander", "LlamaPro", "--expander.num_groups", "2"]
-    assert not _needs_every_strategy("plan", light)
-    assert not _needs_every_strategy("expand", ["expand", "--expander=SLayer"])
-    assert not _needs_every_strategy("plan", ["plan", "--expander.class_path", "my.Strategy"])
-    assert not _needs_every_strategy(
-        "plan", ["plan", "--expander", "blockexp.expanders.llama_pro.LlamaPro"]
-    )
-    for argv in (
-        ["plan", "--expander", "MoEExpansion"],
-        ["plan", "--expander", "blockexp.expanders.moe.MoEExpansion"],
-        ["plan", "--expander", '{"class_path": "LlamaPro"}'],
-        ["plan", "--expander", "LlamaPro", "--help"],
-        ["plan", "--base", "x"],
-        ["plan", "--config", "missing.yaml", "--expander", "LlamaPro"],
-    ):
-        assert _needs_every_strategy("plan", argv), argv
-    assert _needs_every_strategy("export", ["export", "--ckpt", "x"])
-
-
-def test_lazy_public_names():
+def test_importing_the_strategies_imports_neither_torch_nor_lightning():
     code = (
-        "import sys, blockexp; assert 'torch' not in sys.modules; "
-        "import blockexp.cli as cli; "
-        "assert not {m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning'}; "
-        "from blockexp import LlamaPro, Plan, Expander; from blockexp.layers import apply_plan; "
-        "from blockexp.cli import BlockexpCLI, expand_config_defaults; "
-        "assert BlockexpCLI.__module__ == 'blockexp.training_cli'; print(LlamaPro.__name__)"
+        "import sys, blockexp, blockexp.cli; from blockexp.expanders import expander_names; "
+        "from blockexp.expanders.registry import _TARGETS; "
+        "assert not {m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'transformers', 'lightning', 'pytorch_lightning'}, 'heavy import'; "
+        "from blockexp import LlamaPro, Plan, Expander; "
+        "print(' '.join(f'{n}={_TARGETS[n]}' for n in expander_names()))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "LlamaPro"
+    targets = dict(item.split("=") for item in result.stdout.split())
+    assert targets["LlamaPro"] == "blockexp.expanders.llama_pro:LlamaPro"
+    assert targets["MoEExpansion"] == "blockexp.expanders.moe:MoEExpansion"
+    assert len(targets) == 7
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCH_CONFIGS))

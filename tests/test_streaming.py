@@ -13,11 +13,10 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from blockexp.checkpoint import MANIFEST_NAME
 from blockexp.cli import main
 from blockexp.expanders import Expander, LlamaPro
-from blockexp.layers import LayerSpec, Plan
-from blockexp.streaming import (
+from blockexp.io.checkpoint import MANIFEST_NAME
+from blockexp.io.streaming import (
     INDEX_FILE,
     StreamingError,
     can_stream,
@@ -25,7 +24,8 @@ from blockexp.streaming import (
     read_safetensors_header,
     stream_expand,
 )
-from blockexp.tokenization import load_tokenizer
+from blockexp.io.tokenization import load_tokenizer
+from blockexp.layers import LayerSpec, Plan
 
 
 class MeanBetween(Expander):
@@ -106,7 +106,7 @@ def test_streaming_equals_in_memory(tiny_llama, tmp_path, dtype, tied, expander)
     manifest = stream_expand(base, streamed, expander, max_shard_size="40KB", chunk_bytes=1000)
     assert manifest["streamed"] is True
 
-    from blockexp.checkpoint import build_manifest, load_model
+    from blockexp.io.checkpoint import build_manifest, load_model
 
     model = load_model(str(base))
     n_base = sum(p.numel() for p in model.parameters())
@@ -227,7 +227,7 @@ def test_peak_memory_does_not_grow_with_the_model(tmp_path):
         import json, resource, torch
         from transformers import LlamaConfig, LlamaForCausalLM
         from blockexp.expanders import LlamaPro
-        from blockexp.streaming import stream_expand
+        from blockexp.io.streaming import stream_expand
 
         cfg = LlamaConfig(hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
                           num_attention_heads=8, vocab_size=32000, dtype="bfloat16")

@@ -1,11 +1,9 @@
-"""The package's shape: no import cycles, the layer wing below the expanders, every module with a
-one-line statement of its job, and old import paths that still work (with a warning)."""
+"""The package's shape: packages in one order (every import points down it), no import cycles,
+no file over 400 lines, every module and package with a one-line statement of its job."""
 
 from __future__ import annotations
 
 import ast
-import importlib
-import warnings
 from pathlib import Path
 
 import pytest
@@ -80,62 +78,89 @@ def test_no_import_cycles_between_modules():
     assert not cycles, cycles
 
 
-def test_streaming_importance_and_layers_do_not_import_the_expanders():
-    graph = _graph()
-    for name, deps in graph.items():
-        if name in ("blockexp.streaming", "blockexp.importance") or name.startswith(
-            "blockexp.layers"
-        ):
-            assert not {d for d in deps if d.startswith("blockexp.expanders")}, (name, deps)
+#: The packages from the top; a module may import only from its own package or one below it.
+#: ``cli`` stands for the command wiring at the root (``blockexp``, ``blockexp.__main__``,
+#: ``blockexp.cli``); ``docs/architecture.md`` draws this graph (``scripts/draw_architecture.py``).
+ORDER = (
+    "cli",
+    "trace",
+    "evaluation",
+    "training",
+    "data",
+    "errors",
+    "expanders",
+    "io",
+    "layers",
+)
+MAX_LINES = 400
 
 
-def test_every_module_states_its_job_in_one_line():
-    for name, path in _modules().items():
-        doc = ast.get_docstring(ast.parse(path.read_text()))
-        assert doc, f"{name} has no module docstring"
-        first = doc.split("\n\n")[0]
-        assert "\n" not in first and len(first) <= 100, f"{name}: its job in one line: {first!r}"
+def package_of(module: str) -> str:
+    """The package (an entry of :data:`ORDER`) that a ``blockexp`` module belongs to."""
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] in ("cli", "__main__"):
+        return "cli"
+    return parts[1]
 
 
-OLD_PATHS = [
-    ("blockexp.arch", "get_arch", "blockexp.layers.arch"),
-    ("blockexp.plan", "Plan", "blockexp.layers.plan"),
-    ("blockexp.expanders.surgery", "apply_plan", "blockexp.layers.surgery"),
-    ("blockexp.expanders", "zero_residual_writers", "blockexp.layers"),
-    ("blockexp.precision", "select_attn_implementation", "blockexp.attention"),
-    ("blockexp.precision", "flash_attn_available", "blockexp.attention"),
-    ("blockexp.precision", "shard_fsdp2", "blockexp.distributed"),
-    ("blockexp.precision", "packed_position_ids", "blockexp.data.packing"),
-    ("blockexp.precision", "flatten_packed_batch", "blockexp.data.packing"),
-    ("blockexp.module", "load_expanded", "blockexp.loading"),
-    ("blockexp.module", "resolve_tokenizer_spec", "blockexp.loading"),
-    ("blockexp.module", "frozen_fingerprint", "blockexp.loading"),
-    ("blockexp.module", "check_fingerprint", "blockexp.loading"),
-    ("blockexp.module", "export_dtype", "blockexp.loading"),
-    ("blockexp.cli", "plan_summary", "blockexp.expanders.dry_run"),
-    ("blockexp.cli", "rebuild_from_checkpoint", "blockexp.export"),
-    ("blockexp.data.sft", "IGNORE_INDEX", "blockexp.data.collate"),
-    ("blockexp.data.sft", "pad_collate", "blockexp.data.collate"),
-    ("blockexp.callbacks.trace", "generate_answers", "blockexp.continual.generation"),
-    ("blockexp.callbacks.trace", "render_summary", "blockexp.continual.report"),
-]
+def package_edges() -> dict[tuple[str, str], list[str]]:
+    """``(importer package, imported package)`` -> the module imports behind it."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for name, deps in _graph().items():
+        for dep in deps:
+            a, b = package_of(name), package_of(dep)
+            if a != b:
+                edges.setdefault((a, b), []).append(f"{name} -> {dep}")
+    return edges
 
 
-@pytest.mark.parametrize("old, name, new", OLD_PATHS, ids=[f"{o}.{n}" for o, n, _ in OLD_PATHS])
-def test_old_import_paths_work_with_a_deprecation_warning(old, name, new):
-    with pytest.warns(DeprecationWarning, match=f"{old}.{name} has moved to {new}.{name}"):
-        value = getattr(importlib.import_module(old), name)
-    assert value is getattr(importlib.import_module(new), name)
+def allowed_directions() -> dict[tuple[str, str], bool]:
+    """Every pair of packages and whether the first may import the second."""
+    return {(a, b): ORDER.index(a) < ORDER.index(b) for a in ORDER for b in ORDER if a != b}
 
 
-def test_moved_generators_still_run_from_their_old_module():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        import blockexp.data.trace_synthetic as old  # noqa: F401
+def test_every_package_is_in_the_order():
+    found = {package_of(name) for name in _modules()}
+    assert found == set(ORDER), f"packages not in ORDER: {found - set(ORDER)}"
 
-        importlib.reload(old)
-    assert any("scripts/make_trace_data.py" in str(w.message) for w in caught)
-    assert callable(old.generate_micro_trace)
+
+def test_imports_point_down_the_package_order():
+    allowed = allowed_directions()
+    wrong = {pair: modules for pair, modules in package_edges().items() if not allowed[pair]}
+    assert not wrong, "imports that point up the order (see ORDER): " + "; ".join(
+        f"{a} -> {b}: {', '.join(sorted(m))}" for (a, b), m in sorted(wrong.items())
+    )
+
+
+def test_the_order_is_not_a_wish_list():
+    """Each package imports the next one down somewhere or is imported by the one above (an
+    entry of ORDER that nothing connects to would make the order meaningless)."""
+    edges = package_edges()
+    for a in ORDER:
+        assert any(a in pair for pair in edges), f"{a}: no import to or from another package"
+
+
+def test_no_source_file_is_over_the_line_limit():
+    long = {
+        str(path.relative_to(SRC)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
+def test_every_package_says_what_it_may_import():
+    """The ``__init__`` docstring of each package names the packages it may import (all below it
+    in ORDER, none above)."""
+    for package in ORDER[1:]:
+        init = PACKAGE / package / "__init__.py"
+        if not init.exists():  # a single-module package (errors.py)
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "May import" in doc or "Imports no other package" in doc, package
+        above = ORDER[: ORDER.index(package)]
+        for other in above:
+            assert f"blockexp.{other}`" not in doc.split("May import", 1)[-1], (package, other)
 
 
 def test_registration_refuses_contradicting_declarations():
@@ -167,22 +192,3 @@ def test_registration_refuses_contradicting_declarations():
     ):
         with pytest.raises(ExpanderConfigError, match=message):
             register_expander(cls)
-
-
-def test_deprecated_trainable_modules_hook_still_selects(tiny_llama):
-    """A strategy written for the earlier hook warns at registration and still trains what it
-    names."""
-    from blockexp.expanders import Expander, register_expander
-    from blockexp.expanders.base import _REGISTRY
-
-    class LegacyEmbeddingOnly(Expander):
-        def trainable_modules(self, model, plan, arch):
-            return [arch.embeddings(model)]
-
-    with pytest.warns(DeprecationWarning, match="trainable_modules\\(\\) is deprecated"):
-        register_expander(LegacyEmbeddingOnly)
-    try:
-        expansion = LegacyEmbeddingOnly().expand(tiny_llama(2))
-        assert expansion.trainable == {"model.embed_tokens.weight"}
-    finally:
-        _REGISTRY.pop("LegacyEmbeddingOnly")

@@ -18,17 +18,18 @@ from make_trace_data import (
     generate_trace_standins,
 )
 
-from blockexp.callbacks import TRACECallback
-from blockexp.cli import BlockexpCLI, main
-from blockexp.continual.protocol import TRACE_EPOCHS
-from blockexp.continual.report import trace_eval_entry
-from blockexp.data import DataError, TRACEDataModule
+from blockexp.cli import main
 from blockexp.data.collate import IGNORE_INDEX
-from blockexp.data.trace import TRACE_ORDER, read_trace_split
+from blockexp.data.records import DataError
 from blockexp.expanders import LlamaPro
-from blockexp.metrics import TRACE_TASK_METRICS, build_metric
-from blockexp.module import BlockExpansionModule
-from blockexp.schedules import constant_with_warmup
+from blockexp.trace.callback import TRACECallback
+from blockexp.trace.data import TRACE_ORDER, TRACEDataModule, read_trace_split
+from blockexp.trace.protocol import TRACE_EPOCHS
+from blockexp.trace.report import trace_eval_entry
+from blockexp.trace.text import TRACE_TASK_METRICS, build_metric
+from blockexp.training.cli import BlockexpCLI
+from blockexp.training.module import BlockExpansionModule
+from blockexp.training.schedules import constant_with_warmup
 from tests.conftest import tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,8 +198,8 @@ def test_prompt_and_answer_are_tokenised_together_as_trace(tmp_path):
 
 
 def test_generation_decodes_as_trace_and_keeps_the_training_rng(tiny_llama):
-    from blockexp.continual.generation import generate_answers
-    from blockexp.tokenization import load_tokenizer
+    from blockexp.io.tokenization import load_tokenizer
+    from blockexp.trace.generation import generate_answers
 
     model, tok = tiny_llama(2), load_tokenizer("byte")
     prompts = [[257, *b"Answer:"], [257, *b"Q"], [257, *b"Longer prompt here:"]]
@@ -476,7 +477,7 @@ def test_micro_config_end_to_end(tmp_path, monkeypatch, capsys):
             "false",
             "--trainer.callbacks",
             "[]",
-            "--trainer.callbacks+=blockexp.callbacks.TRACECallback",
+            "--trainer.callbacks+=blockexp.trace.callback.TRACECallback",
         ]
     )
     results = json.loads((out / "trace" / "R.json").read_text())

@@ -8,20 +8,19 @@ import math
 import numpy as np
 import pytest
 
-from blockexp.metrics import (
+from blockexp.trace import metrics as T
+from blockexp.trace.matrix import backward_transfer, overall_performance
+from blockexp.trace.text import (
     METRICS,
     SCORING,
     TRACE_TASK_METRICS,
-    backward_transfer,
     build_metric,
     edit_similarity,
     extract_choice,
     extract_number,
-    overall_performance,
     sari_sentence,
     score_samples,
 )
-from blockexp.metrics import trace as T
 
 # LLaMA Pro paper, Tables 11-13 (rows: task, columns: round), LLaMA2-7B on TRACE.
 TABLE_11_LORA = [

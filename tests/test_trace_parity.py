@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from blockexp.metrics import TRACE_TASK_METRICS, build_metric
+from blockexp.trace.text import TRACE_TASK_METRICS, build_metric
 
 CASES = json.loads((Path(__file__).parent / "data" / "trace_parity_cases.json").read_text())[
     "cases"
@@ -82,7 +82,7 @@ def test_numbers_docs_trace_states():
     import difflib
     import statistics
 
-    from blockexp.metrics.trace import py150_postprocess
+    from blockexp.trace.metrics import py150_postprocess
 
     # NumGLUE-cm: lenient mean 0.838 vs TRACE's 0.162.
     args = _args(_cases("NumGLUE-cm"))

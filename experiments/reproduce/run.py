@@ -6,7 +6,7 @@
    (``python3.X-doc``) as the general corpus, the CPython standard library's source as the
    domain corpus; files split into train / validation / task pools.
 2. **Tokenizer**: a 4,096-entry byte-level BPE trained on both training pools.
-3. **Local tasks** (:mod:`blockexp.lmeval.build`) from the task pools: three general tasks
+3. **Local tasks** (:mod:`blockexp.evaluation.lmeval.build`) from the task pools: three general tasks
    (LAMBADA-style cloze, 4-way sentence completion, generative sentence completion) and a
    next-line code-completion task.
 4. **Base**: a random 8-layer Llama (hidden 256, ~8M parameters) pre-trained on the prose.
@@ -40,14 +40,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus as corpus_mod  # noqa: E402
 
-from blockexp.callbacks import StepTimer  # noqa: E402
-from blockexp.checkpoint import atomic_write  # noqa: E402
-from blockexp.data import CPTDataModule, DataSource  # noqa: E402
+from blockexp.data.cpt import CPTDataModule, DataSource  # noqa: E402
+from blockexp.evaluation.importance import load_text_blocks, text_loss  # noqa: E402
+from blockexp.evaluation.lmeval import evaluate_model, headline_scores  # noqa: E402
+from blockexp.evaluation.lmeval.build import build_tasks  # noqa: E402
 from blockexp.expanders import get_expander  # noqa: E402
-from blockexp.importance import load_text_blocks, text_loss  # noqa: E402
-from blockexp.lmeval import evaluate_model, headline_scores  # noqa: E402
-from blockexp.lmeval.build import build_tasks  # noqa: E402
-from blockexp.module import BlockExpansionModule  # noqa: E402
+from blockexp.io.checkpoint import atomic_write  # noqa: E402
+from blockexp.training.module import BlockExpansionModule  # noqa: E402
+from blockexp.training.timer import StepTimer
 
 #: The base: 8 layers (room for SLayer's shallow half and for pruning), ~8.4M parameters.
 BASE_CONFIG: dict[str, Any] = {
@@ -224,7 +224,7 @@ def train_strategy(args, label: str, cls: str, kwargs: dict, base: Path, tokeniz
 @torch.no_grad()
 def heldout_loss(model, tokenizer, path: Path, seq_len: int, max_blocks: int) -> float:
     """Mean next-token loss over the first ``max_blocks`` packed blocks of a JSONL corpus
-    (documents joined with eos: :func:`blockexp.importance.load_text_blocks`)."""
+    (documents joined with eos: :func:`blockexp.evaluation.importance.load_text_blocks`)."""
     blocks = load_text_blocks(path, tokenizer, seq_len, max_blocks)
     return text_loss(model.eval(), blocks, batch_size=8)
 

@@ -29,10 +29,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from blockexp.callbacks import StepTimer
-from blockexp.data import CPTDataModule, DataSource
+from blockexp.data.cpt import CPTDataModule, DataSource
 from blockexp.expanders import FullFineTune, expander_names, get_expander
-from blockexp.module import BlockExpansionModule
+from blockexp.training.module import BlockExpansionModule
+from blockexp.training.timer import StepTimer
 
 REPO = Path(__file__).resolve().parents[2]
 GENERAL = REPO / "data/quickstart/general.jsonl"

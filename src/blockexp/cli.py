@@ -5,13 +5,13 @@ Training commands follow LightningCLI conventions (``fit``, ``validate``, ``test
 
 * ``plan``   layer map and parameter counts from config.json alone
   (:func:`blockexp.expanders.dry_run.plan_summary`),
-* ``expand`` write an expanded Hugging Face directory (:mod:`blockexp.streaming`, or
-  :func:`blockexp.export.expand_in_memory`),
+* ``expand`` write an expanded Hugging Face directory (:mod:`blockexp.io.streaming`, or
+  :func:`blockexp.training.export.expand_in_memory`),
 * ``export`` turn a Lightning training checkpoint into a Hugging Face directory
-  (:func:`blockexp.export.export_checkpoint`),
-* ``importance`` per-layer importance (:mod:`blockexp.importance`),
+  (:func:`blockexp.training.export.export_checkpoint`),
+* ``importance`` per-layer importance (:mod:`blockexp.evaluation.importance`),
 * ``eval`` lm-evaluation-harness tasks on a model or checkpoint, offline
-  (:func:`blockexp.lmeval.command.run_eval`).
+  (:func:`blockexp.evaluation.lmeval.command.run_eval`).
 """
 
 from __future__ import annotations
@@ -23,33 +23,19 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
-from . import errors
-from ._compat import moved
-from .expanders import Expander
-from .locks import release_all
+from blockexp import errors
+from blockexp.expanders import Expander
+from blockexp.io.locks import release_all
 
 # Start-up: this module imports neither Lightning nor torch (the strategies register without
-# torch, see blockexp.expanders). A training command imports :mod:`blockexp.training_cli`
+# torch, see blockexp.expanders). A training command imports :mod:`blockexp.training.cli`
 # (LightningCLI); each offline command imports what it uses; ``--help``, ``plan`` and streaming
 # ``expand`` run without torch (tests/test_startup.py).
 
-__all__ = ["main", "plan", "expand", "export", "BlockexpCLI"]  # noqa: F822 (lazy)
+__all__ = ["main", "plan", "expand", "export"]
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 OFFLINE_COMMANDS = ("plan", "expand", "export", "importance", "eval")
-
-_moved = moved(
-    __name__,
-    {"plan_summary": "blockexp.expanders.dry_run", "rebuild_from_checkpoint": "blockexp.export"},
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("BlockexpCLI", "expand_config_defaults"):  # Lightning: imported on first use
-        from . import training_cli
-
-        return getattr(training_cli, name)
-    return _moved(name)
 
 
 def _console() -> Any:  # a rich Console
@@ -64,7 +50,7 @@ def plan(
     """Print the layer map and parameter counts of an expansion, from config.json alone.
 
     A local safetensors checkpoint and a streamable strategy are planned as ``expand`` streams
-    them, from config.json and the safetensors headers (:func:`blockexp.streaming.plan_summary`,
+    them, from config.json and the safetensors headers (:func:`blockexp.io.streaming.plan_summary`,
     no torch); otherwise the model is built on the meta device
     (:func:`blockexp.expanders.dry_run.plan_summary`). Both give the same numbers.
 
@@ -74,12 +60,12 @@ def plan(
         json: print one JSON object (keys num_layers, total_params, trainable_params, layers).
         trust_remote_code: allow custom config code from the hub.
     """
-    from . import streaming
+    from blockexp.io import streaming
 
     if streaming.can_stream(expander, base) is None:
         summary = streaming.plan_summary(base, expander)
     else:
-        from .expanders.dry_run import plan_summary
+        from blockexp.expanders.dry_run import plan_summary
 
         summary = plan_summary(base, expander, trust_remote_code)
     if json:
@@ -125,9 +111,9 @@ def expand(
     The output holds safetensors weights, the updated config.json, ``blockexp_manifest.json``
     (plan, new and trainable layers) and the base's other files (tokenizer, generation config,
     chat template, README, ...), with configs transformers 4.x reads too
-    (:mod:`blockexp.portable`). The base directory is never
+    (:mod:`blockexp.io.portable`). The base directory is never
     written to. A local safetensors checkpoint expanded by a depth-changing strategy is streamed
-    tensor by tensor (:mod:`blockexp.streaming`: memory does not grow with the model, dtype kept,
+    tensor by tensor (:mod:`blockexp.io.streaming`: memory does not grow with the model, dtype kept,
     bitwise equal to in-memory expansion); other cases load the model in memory.
 
     Args:
@@ -142,7 +128,7 @@ def expand(
     """
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .streaming import can_stream, stream_expand
+    from blockexp.io.streaming import can_stream, stream_expand
 
     console = _console()
     reason = "--in_memory was given" if in_memory else can_stream(expander, base)
@@ -172,7 +158,7 @@ def expand(
         )
         return Path(out)
     console.print(f"Expanding in memory: {reason}.")
-    from .export import expand_in_memory
+    from blockexp.training.export import expand_in_memory
 
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -224,7 +210,7 @@ def export(
         allow_unverified: accept a checkpoint without recorded checksums or base record (one
             written by another tool); its weights must still be finite.
     """
-    from .export import export_checkpoint
+    from blockexp.training.export import export_checkpoint
 
     result = export_checkpoint(
         ckpt, out, tokenizer, overwrite, base, trust_remote_code, allow_unverified
@@ -276,68 +262,14 @@ def _offline_command(name: str):
     """The function behind an offline command; ``importance`` and ``eval`` are imported only
     when they run (``importance`` needs torch)."""
     if name == "importance":
-        from .importance import importance
+        from blockexp.evaluation.importance import importance
 
         return importance
     if name == "eval":
-        from .lmeval.command import run_eval
+        from blockexp.evaluation.lmeval.command import run_eval
 
         return run_eval
     return {"plan": plan, "expand": expand, "export": export}[name]
-
-
-def _config_strategies(path: str) -> list[str] | None:
-    """The strategies a config file for ``plan``/``expand`` names (``None``: cannot tell)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).expanduser().read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return None  # jsonargparse reports it
-    if not isinstance(data, dict):
-        return None
-    value = data.get("expander")
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        value = value.get("class_path")
-    return [value] if isinstance(value, str) else None
-
-
-def _needs_every_strategy(command: str, argv: list[str]) -> bool:
-    """Whether ``command`` may need a strategy that ``python -m blockexp`` defers (one that
-    imports torch when registered, see :mod:`blockexp.expanders`): always, unless it is ``plan``
-    or ``expand`` and every strategy it names on the command line or in a ``--config`` is
-    registered already (or is a class of the user's own, which jsonargparse imports)."""
-    from .expanders import expander_names
-
-    if command not in ("plan", "expand") or {"-h", "--help"} & set(argv):
-        return True
-    if os.environ.get("JSONARGPARSE_DEFAULT_ENV", "").lower() in ("1", "true"):
-        return True  # options may come from the environment
-    names: list[str] = []
-    for i, arg in enumerate(argv):
-        key, eq, value = arg.partition("=")
-        if not eq:
-            value = argv[i + 1] if i + 1 < len(argv) else ""
-        if key in ("--expander", "--expander.class_path"):
-            names.append(value)
-        elif key == "--config":
-            found = _config_strategies(value)
-            if found is None:
-                return True
-            names += found
-    registered = set(expander_names())
-
-    def known(name: str) -> bool:
-        if name in registered:
-            return True
-        module, _, short = name.rpartition(".")
-        if module.startswith("blockexp"):
-            return short in registered
-        return bool(module)  # a user's class: jsonargparse imports its module
-
-    return not names or not all(known(n) for n in names)
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -353,7 +285,7 @@ def main(argv: list[str] | None = None) -> Any:
     argv = [a for a in argv if a != "--debug"]
     if not explicit:
         sys.argv[1:] = argv
-    from .inputs import config_files, declare_inputs
+    from blockexp.io.inputs import config_files, declare_inputs
 
     declare_inputs(config_files(argv))  # no output may replace what the command reads
     if not argv or argv[0] in ("-h", "--help"):
@@ -368,14 +300,10 @@ def main(argv: list[str] | None = None) -> Any:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    from . import expanders
-
     try:
         if command in OFFLINE_COMMANDS:
             from jsonargparse import CLI, auto_parser
 
-            if _needs_every_strategy(command, argv):
-                expanders.import_all()
             # Only this command's parser is built, so only its module is imported.
             commands = {command: _offline_command(command)}
             kwargs = {"as_positional": False, **errors.PARSER_KWARGS, "env_prefix": "BLOCKEXP"}
@@ -385,8 +313,7 @@ def main(argv: list[str] | None = None) -> Any:
                 raise errors.UsageError(
                     errors.explain_usage(err, auto_parser(commands, **kwargs), argv)
                 ) from err
-        expanders.import_all()
-        from .training_cli import BlockexpCLI
+        from blockexp.training.cli import BlockexpCLI
 
         return BlockexpCLI(args=argv if explicit else None)
     except errors.user_errors() as err:

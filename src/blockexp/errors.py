@@ -242,7 +242,7 @@ def explain_usage(err: BaseException, parser: Any, argv: list[str]) -> str:
     parent = _find(messages, r'Parser key "([^"]+)"')
     key = parent.group(1) if parent else None
     if key is not None and key.rsplit(".", 1)[-1] == "expander":
-        from .expanders import expander_names
+        from blockexp.expanders import expander_names
 
         names, value = expander_names(), _given(argv, key)
         module, _, short = (value or "").rpartition(".")

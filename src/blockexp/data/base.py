@@ -13,10 +13,9 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from blockexp.tokenization import load_tokenizer
-
-from .loader import ResumableDataLoader
-from .records import DataError
+from blockexp.data.loader import ResumableDataLoader
+from blockexp.data.records import DataError
+from blockexp.io.tokenization import load_tokenizer
 
 __all__ = ["BlockexpDataModule", "check_fraction", "check_int"]
 

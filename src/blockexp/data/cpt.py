@@ -51,8 +51,13 @@ import transformers
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from .base import BlockexpDataModule, check_fraction, check_int
-from .records import DataError, check_data_file, iter_json_records, json_kind
+from blockexp.data.base import BlockexpDataModule, check_fraction, check_int
+from blockexp.data.records import (
+    DataError,
+    check_data_file,
+    iter_json_records,
+    json_kind,
+)
 
 __all__ = ["CPTDataModule", "DataError", "DataSource", "PackedBlocks", "infer_format"]
 
@@ -456,7 +461,7 @@ class CPTDataModule(BlockexpDataModule):
     Args:
         sources: The named corpora of the mixture (unique names).
         tokenizer: ``"byte"``, a local tokenizer directory or a Hub id (see
-            :func:`blockexp.tokenization.load_tokenizer`).
+            :func:`blockexp.io.tokenization.load_tokenizer`).
         seq_len: Tokens per training block (>= 2).
         batch_size: Blocks per batch.
         val_fraction: Fraction of each source's documents held out for

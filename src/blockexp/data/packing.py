@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .collate import IGNORE_INDEX
+from blockexp.data.collate import IGNORE_INDEX
 
 __all__ = ["flatten_packed_batch", "packed_position_ids"]
 

@@ -34,7 +34,7 @@ def check_data_file(
     resolved = Path(path).expanduser()
     fix = f"; {fix}" if fix else ""
     if resolved.is_dir():
-        from ..errors import files_in
+        from blockexp.errors import files_in
 
         inside = files_in(resolved, suffixes)
         hint = f" (e.g. {inside})" if inside else ""

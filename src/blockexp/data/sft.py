@@ -34,12 +34,15 @@ import transformers
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from blockexp._compat import moved
-
-from . import collate
-from .base import BlockexpDataModule, check_fraction, check_int
-from .collate import Collator
-from .records import DataError, check_data_file, iter_json_records, json_kind
+from blockexp.data import collate
+from blockexp.data.base import BlockexpDataModule, check_fraction, check_int
+from blockexp.data.collate import Collator
+from blockexp.data.records import (
+    DataError,
+    check_data_file,
+    iter_json_records,
+    json_kind,
+)
 
 __all__ = [
     "SIMPLE_CHAT_TEMPLATE",
@@ -51,12 +54,6 @@ __all__ = [
     "pack_examples",
     "read_conversations",
 ]
-
-__getattr__ = moved(
-    __name__,
-    {"IGNORE_INDEX": "blockexp.data.collate", "pad_collate": "blockexp.data.collate"},
-)
-
 
 #: Used when the tokenizer has no chat template: ``<|role|>\ncontent`` per turn, the eos token
 #: closes every assistant turn (so the model learns to stop), other turns end with a newline.

@@ -1,37 +1,34 @@
-"""The :class:`Expander` contract and the registry of strategies.
+"""The :class:`Expander` contract: what a strategy implements and declares.
 
 An expander turns a loaded base model into the model that will be trained and says which of its
 parameters train. Depth-changing strategies implement :meth:`Expander.plan` only: the base class
 applies the plan (:func:`blockexp.layers.apply_plan`) and selects the trainable parameter names
 (:func:`blockexp.layers.trainable_parameter_names`). Strategies that keep the depth override
 :meth:`Expander.expand`. Each strategy declares its capabilities as class attributes, and
-:func:`register_expander` refuses a class whose declarations contradict what it implements.
+:func:`blockexp.expanders.registry.register_expander` refuses a class whose declarations
+contradict what it implements.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .._lazy import lazy_attr, lazy_module
-from ..layers import ArchSpec, Plan, TrainOptions, get_arch, trainable_parameter_names
-
-# torch (and in-memory surgery, which imports it) is loaded when a model is expanded, not when a
-# strategy is defined or configured: `plan` and streaming `expand` run without it.
-nn = lazy_module("torch.nn")
-apply_plan = lazy_attr("blockexp.layers.surgery", "apply_plan")
+from blockexp.layers import (
+    ArchSpec,
+    Module,
+    Plan,
+    TrainOptions,
+    get_arch,
+    trainable_parameter_names,
+)
 
 __all__ = [
     "Expander",
     "Expansion",
     "ExpanderConfigError",
-    "register_expander",
-    "get_expander",
-    "expander_names",
-    "build_expander",
 ]
 
 
@@ -51,7 +48,7 @@ class Expansion:
         extra: strategy-specific facts recorded in the manifest.
     """
 
-    model: nn.Module
+    model: Module
     plan: Plan | None
     trainable: frozenset[str]
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,12 +68,12 @@ class Expansion:
         return total, trainable
 
 
-def is_tied(model: nn.Module, arch: ArchSpec) -> bool:
+def is_tied(model: Module, arch: ArchSpec) -> bool:
     """Whether the model's LM head is its token embedding tensor."""
     return arch.lm_head(model).weight is arch.embeddings(model).weight
 
 
-def parameter_names(model: nn.Module, modules) -> frozenset[str]:
+def parameter_names(model: Module, modules) -> frozenset[str]:
     """Names, in ``model``, of the parameters of ``modules`` (modules found by structure)."""
     wanted = {id(p) for module in modules for p in module.parameters()}
     return frozenset(n for n, p in model.named_parameters() if id(p) in wanted)
@@ -148,24 +145,21 @@ class Expander:
         """Whether this instance's expansion computes the base function at initialisation."""
         return type(self).preserves_function
 
-    def expand(self, model: nn.Module) -> Expansion:
+    def expand(self, model: Module) -> Expansion:
         """Apply the strategy to ``model`` (in place) and return the :class:`Expansion`."""
         arch = get_arch(model.config)
         num_layers = len(arch.layers(model))
         plan = self.plan(num_layers)
         if plan is not None:
+            from blockexp.layers.surgery import apply_plan  # torch: only when a model is expanded
+
             apply_plan(model, plan, arch)
         trainable = self.select_trainable(model, plan, arch)
         return Expansion(model, plan, trainable, extra=self.describe(num_layers))
 
-    def select_trainable(
-        self, model: nn.Module, plan: Plan | None, arch: ArchSpec
-    ) -> frozenset[str]:
+    def select_trainable(self, model: Module, plan: Plan | None, arch: ArchSpec) -> frozenset[str]:
         """Names of the parameters of ``model`` that train: the plan's trainable layers and the
         :attr:`train_options` (:func:`blockexp.layers.trainable_parameter_names`)."""
-        legacy = getattr(self, "trainable_modules", None)
-        if legacy is not None:  # deprecated hook of a subclass written for an earlier release
-            return parameter_names(model, legacy(model, plan, arch))
         return trainable_parameter_names(
             arch,
             (name for name, _ in model.named_parameters()),
@@ -174,7 +168,7 @@ class Expander:
             tied=is_tied(model, arch),
         )
 
-    def export_model(self, model: nn.Module) -> nn.Module:
+    def export_model(self, model: Module) -> Module:
         """The plain ``transformers`` model to save for export (e.g. LoRA merges its adapters).
 
         The default returns ``model`` itself; strategies that wrap the model override this,
@@ -184,7 +178,7 @@ class Expander:
         return model
 
     @classmethod
-    def load_exported(cls, directory: str | os.PathLike, dtype: Any = None) -> nn.Module:
+    def load_exported(cls, directory: str | os.PathLike, dtype: Any = None) -> Module:
         """Load a directory written by exporting this strategy's model (eval mode)."""
         from transformers import AutoModelForCausalLM
 
@@ -207,88 +201,3 @@ class Expander:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config()["init_args"].items())
         return f"{type(self).__name__}({args})"
-
-
-_REGISTRY: dict[str, type[Expander]] = {}
-
-
-def _overrides(cls: type, method: str) -> bool:
-    return inspect.getattr_static(cls, method) is not inspect.getattr_static(Expander, method)
-
-
-def _check_declarations(cls: type[Expander]) -> None:
-    """Refuse capability declarations that contradict the class's implementation."""
-    name = cls.__name__
-    problems = []
-    if cls.streamable:
-        if not _overrides(cls, "plan"):
-            problems.append("streamable = True but it does not implement plan()")
-        for method in ("expand", "select_trainable", "trainable_modules"):
-            if hasattr(cls, method) and (method == "trainable_modules" or _overrides(cls, method)):
-                problems.append(
-                    f"streamable = True but it overrides {method}(), which streaming would bypass"
-                )
-    if cls.has_export_hook != _overrides(cls, "export_model"):
-        problems.append(
-            f"has_export_hook = {cls.has_export_hook} but it "
-            f"{'does not override' if cls.has_export_hook else 'overrides'} export_model()"
-        )
-    if cls.custom_export_format != _overrides(cls, "load_exported"):
-        problems.append(
-            f"custom_export_format = {cls.custom_export_format} but it "
-            f"{'does not override' if cls.custom_export_format else 'overrides'} load_exported()"
-        )
-    if cls.preserves_function and _overrides(cls, "is_identity"):
-        problems.append(
-            "preserves_function = True (for every argument) but it overrides is_identity(); "
-            "declare False and answer per instance in is_identity()"
-        )
-    if problems:
-        raise ExpanderConfigError(f"Expander {name}: " + "; ".join(problems) + ".")
-
-
-def register_expander(cls: type[Expander]) -> type[Expander]:
-    """Class decorator: register an :class:`Expander` subclass under its class name.
-
-    Refuses a non-Expander, a duplicate name, and capability declarations that contradict the
-    implementation (see :class:`Expander`).
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Expander)):
-        raise TypeError(f"{cls!r} is not an Expander subclass.")
-    name = cls.__name__
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(
-            f"An expander named '{name}' is already registered ({_REGISTRY[name].__module__}); "
-            "choose another class name."
-        )
-    if "trainable_modules" in vars(cls):
-        warnings.warn(
-            f"{name}.trainable_modules() is deprecated (it will stop being called in the next "
-            "release): override train_options or select_trainable() instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-    _check_declarations(cls)
-    cls.name = name
-    _REGISTRY[name] = cls
-    return cls
-
-
-def expander_names() -> list[str]:
-    """Registered expander names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get_expander(name: str) -> type[Expander]:
-    """The registered expander class called ``name``."""
-    if name not in _REGISTRY:
-        raise KeyError(f"Unknown expander '{name}'. Registered: {', '.join(expander_names())}.")
-    return _REGISTRY[name]
-
-
-def build_expander(config: dict[str, Any] | str) -> Expander:
-    """Instantiate an expander from a name or ``{"class_path"|"name": ..., "init_args": {...}}``."""
-    if isinstance(config, str):
-        return get_expander(config)()
-    name = config.get("name") or config["class_path"].rsplit(".", 1)[-1]
-    return get_expander(name)(**config.get("init_args", {}))

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._lazy import lazy_module
-from .base import Expander
-
-torch = lazy_module("torch")  # imported when a plan is made, not when the strategies register
+from blockexp.expanders.base import Expander
 
 __all__ = ["plan_summary"]
 
 
 def plan_summary(base: str, expander: Expander, trust_remote_code: bool = False) -> dict[str, Any]:
     """Plan an expansion from a config alone: the model is built on the meta device."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    from ..checkpoint import load_config
+    from blockexp.io.checkpoint import load_config
 
     config = load_config(base, trust_remote_code=trust_remote_code)
     with torch.device("meta"):

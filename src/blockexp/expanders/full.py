@@ -12,8 +12,9 @@ it forget. No block is added::
 
 from __future__ import annotations
 
-from ..layers import TrainOptions
-from .base import Expander, register_expander
+from blockexp.expanders.base import Expander
+from blockexp.expanders.registry import register_expander
+from blockexp.layers import TrainOptions
 
 __all__ = ["FullFineTune"]
 

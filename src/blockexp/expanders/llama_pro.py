@@ -17,8 +17,9 @@ With P=2 each group ``[a b c d]`` becomes ``[a b c d c' d']``.
 
 from __future__ import annotations
 
-from ..layers.plan import LayerSpec, Plan
-from .base import Expander, ExpanderConfigError, register_expander
+from blockexp.expanders.base import Expander, ExpanderConfigError
+from blockexp.expanders.registry import register_expander
+from blockexp.layers.plan import LayerSpec, Plan
 
 __all__ = ["LlamaPro"]
 

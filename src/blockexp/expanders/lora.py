@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import copy
 
-from .._lazy import lazy_module
-from ..layers.arch import get_arch
-from .base import Expander, ExpanderConfigError, Expansion, register_expander
-
-nn = lazy_module("torch.nn")  # imported when a model is adapted, not when the strategy is
+from blockexp.expanders.base import (
+    Expander,
+    ExpanderConfigError,
+    Expansion,
+)
+from blockexp.expanders.registry import register_expander
+from blockexp.layers.arch import Module, get_arch
 
 __all__ = ["LoRA"]
 
@@ -74,8 +76,10 @@ class LoRA(Expander):
         self.dropout = dropout
         self.target_modules = list(target_modules) if target_modules is not None else None
 
-    def resolve_targets(self, model: nn.Module) -> list[str]:
+    def resolve_targets(self, model: Module) -> list[str]:
         """Full module names (as in ``model.named_modules()``) of the linear maps to adapt."""
+        from torch import nn  # noqa: F811
+
         arch = get_arch(model.config)
         full_name = {id(m): n for n, m in model.named_modules()}
         found: list[str] = []
@@ -105,7 +109,7 @@ class LoRA(Expander):
             raise ExpanderConfigError("LoRA: the decoder blocks hold no nn.Linear to adapt.")
         return found
 
-    def expand(self, model: nn.Module) -> Expansion:
+    def expand(self, model: Module) -> Expansion:
         from peft import LoraConfig, get_peft_model
 
         arch = get_arch(model.config)
@@ -133,7 +137,7 @@ class LoRA(Expander):
             extra={"lora_targets": len(targets), "r": self.r, "alpha": self.alpha},
         )
 
-    def export_model(self, model: nn.Module) -> nn.Module:
+    def export_model(self, model: Module) -> Module:
         """A merged copy (adapters folded into the base weights); ``model`` is not modified."""
         if not hasattr(model, "merge_and_unload"):
             return model

@@ -46,80 +46,19 @@ loading the base FFNs only. Load it with :func:`load_moe_model` (same logits as 
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from ..layers import ArchSpec, get_arch
-from .base import (
+from blockexp.expanders.base import (
     Expander,
     ExpanderConfigError,
     Expansion,
-    build_expander,
     parameter_names,
-    register_expander,
 )
+from blockexp.expanders.registry import build_expander, register_expander
+from blockexp.layers import ArchSpec, Module, get_arch
 
-__all__ = ["MoEExpansion", "MoEFeedForward", "MoEExport", "load_moe_model", "MOE_WEIGHTS_NAME"]
-
-MOE_WEIGHTS_NAME = "blockexp_moe.safetensors"
-MOE_CONFIG_KEY = "blockexp_moe"
-
-
-class MoEFeedForward(nn.Module):
-    """``y = original(x) + sum_j g_j(x) * experts[j](x)`` with ``g = softmax(router(x))``.
-
-    Args:
-        original: the base FFN (kept with weight 1).
-        experts: the new experts.
-        router: linear map from the hidden size to ``len(experts) + 1`` logits (slot 0: none).
-        top_k: keep only the ``top_k`` largest gates per token (``None``: all).
-    """
-
-    def __init__(
-        self, original: nn.Module, experts: nn.ModuleList, router: nn.Linear, top_k: int | None
-    ) -> None:
-        super().__init__()
-        if router.out_features != len(experts) + 1:
-            raise ValueError(
-                f"router has {router.out_features} outputs, expected {len(experts) + 1}."
-            )
-        self.original = original
-        self.experts = experts
-        self.router = router
-        self.top_k = top_k
-
-    def gates(self, x: torch.Tensor) -> torch.Tensor:
-        """Routing weights ``(..., n + 1)`` in float32; slot 0 means "no new expert"."""
-        probs = torch.softmax(self.router(x).float(), dim=-1)
-        if self.top_k is not None and self.top_k < probs.shape[-1]:
-            kept = torch.topk(probs, self.top_k, dim=-1).indices
-            mask = torch.zeros_like(probs).scatter_(-1, kept, 1.0)
-            probs = probs * mask
-        return probs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.original(x)
-        gates = self.gates(x)
-        for j, expert in enumerate(self.experts):
-            y = y + gates[..., j + 1 : j + 2].to(y.dtype) * expert(x)
-        return y
-
-
-def _get(root: nn.Module, path: str) -> nn.Module:
-    module = root
-    for attr in path.split("."):
-        module = getattr(module, attr)
-    return module
-
-
-def _set(root: nn.Module, path: str, value: nn.Module) -> None:
-    parent, _, attr = path.rpartition(".")
-    setattr(_get(root, parent) if parent else root, attr, value)
+__all__ = ["MoEExpansion", "load_moe_model"]
 
 
 def _check_ffn_writers(arch: ArchSpec) -> None:
@@ -179,13 +118,23 @@ class MoEExpansion(Expander):
         self.top_k = top_k
         self.seed = seed
 
-    def expand(self, model: nn.Module) -> Expansion:
+    def expand(self, model: Module) -> Expansion:
+        import torch
+        from torch import nn
+
+        from blockexp.layers.moe import (
+            MoEFeedForward,
+            deepcopy_module,
+            set_module,
+            zero_tensors,
+        )
+
         arch = get_arch(model.config)
         _check_ffn_writers(arch)
         hidden = int(model.config.hidden_size)
         std = float(getattr(model.config, "initializer_range", 0.02))
         generator = torch.Generator().manual_seed(self.seed)
-        new_modules: list[nn.Module] = []
+        new_modules: list[Module] = []
         blocks = arch.layers(model)
         if self.layers is not None:
             bad = [i for i in self.layers if not 0 <= i < len(blocks)]
@@ -205,8 +154,8 @@ class MoEExpansion(Expander):
             ref = next(original.parameters())
             experts = nn.ModuleList()
             for _ in range(self.num_experts):
-                expert = _deepcopy(original)
-                _zero(arch.mlp_residual_tensors(expert))
+                expert = deepcopy_module(original)
+                zero_tensors(arch.mlp_residual_tensors(expert))
                 experts.append(expert)
             router = nn.Linear(
                 hidden, self.num_experts + 1, bias=False, device=ref.device, dtype=ref.dtype
@@ -215,7 +164,7 @@ class MoEExpansion(Expander):
             if not ref.is_meta:
                 with torch.no_grad():
                     router.weight.copy_(weights.to(ref.dtype))
-            _set(layer, arch.mlp_path, MoEFeedForward(original, experts, router, self.top_k))
+            set_module(layer, arch.mlp_path, MoEFeedForward(original, experts, router, self.top_k))
             new_modules += [experts, router]
         trainable = self.select_trainable(model, None, arch) | parameter_names(model, new_modules)
         return Expansion(
@@ -225,70 +174,19 @@ class MoEExpansion(Expander):
             extra={"num_experts": self.num_experts, "top_k": self.top_k, "layers": self.layers},
         )
 
-    def export_model(self, model: nn.Module) -> nn.Module:
+    def export_model(self, model: Module) -> Module:
         """A saver that writes the MoE directory described in the module docstring."""
-        return MoEExport(model, self)
+        from blockexp.layers.moe import MoEExport
+
+        return MoEExport(model, self.config())
 
     @classmethod
-    def load_exported(cls, directory: str | os.PathLike, dtype: Any = None) -> nn.Module:
+    def load_exported(cls, directory: str | os.PathLike, dtype: Any = None) -> Module:
         """Load an exported MoE directory (see :func:`load_moe_model`)."""
         return load_moe_model(directory, dtype)
 
 
-def _deepcopy(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
-
-
-@torch.no_grad()
-def _zero(tensors: list[torch.Tensor]) -> None:
-    for tensor in tensors:
-        if not tensor.is_meta:
-            tensor.zero_()
-
-
-class MoEExport(nn.Module):
-    """Wraps an MoE-expanded model for export: ``save_pretrained`` writes an MoE directory.
-
-    Args:
-        model: the MoE-expanded causal LM (not modified).
-        expander: the :class:`MoEExpansion` that built it.
-    """
-
-    def __init__(self, model: nn.Module, expander: MoEExpansion) -> None:
-        super().__init__()
-        self.model = model
-        self.expander_config = expander.config()
-
-    @property
-    def config(self):
-        return self.model.config
-
-    def forward(self, *args: Any, **kwargs: Any):
-        return self.model(*args, **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike, **_: Any) -> None:
-        """Write ``config.json``, ``blockexp_moe.safetensors`` and ``README.md`` to ``directory``."""
-        from safetensors.torch import save_model
-
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        config = json.loads(self.model.config.to_json_string(use_diff=False))
-        config[MOE_CONFIG_KEY] = self.expander_config
-        config["dtype"] = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        save_model(self.model, str(path / MOE_WEIGHTS_NAME), metadata={"format": "pt"})
-        (path / "README.md").write_text(
-            "# MoE-expanded model (blockexp)\n\n"
-            "The FFNs of this model are mixtures (blockexp.expanders.MoEExpansion), which plain\n"
-            "`transformers` cannot build, so there is no model.safetensors. Load it with:\n\n"
-            "```python\nfrom blockexp.expanders.moe import load_moe_model\n"
-            f"model = load_moe_model({str(path.name)!r})\n```\n"
-        )
-
-
-def load_moe_model(directory: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
+def load_moe_model(directory: str | os.PathLike, dtype: Any = None) -> Module:
     """Load a directory written by exporting an :class:`MoEExpansion` model.
 
     The base architecture is built from ``config.json``, the stored expander is applied, and the
@@ -301,9 +199,15 @@ def load_moe_model(directory: str | os.PathLike, dtype: torch.dtype | None = Non
     Returns:
         The causal LM in eval mode.
     """
+    import json
+    from pathlib import Path
+
+    import torch
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
+
+    from blockexp.layers.moe import MOE_CONFIG_KEY, MOE_WEIGHTS_NAME
 
     path = Path(directory)
     weights = path / MOE_WEIGHTS_NAME

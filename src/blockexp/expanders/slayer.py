@@ -35,8 +35,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from ..layers.plan import LayerSpec, Plan
-from .base import Expander, ExpanderConfigError, register_expander
+from blockexp.expanders.base import Expander, ExpanderConfigError
+from blockexp.expanders.registry import register_expander
+from blockexp.layers.plan import LayerSpec, Plan
 
 __all__ = ["SLayer", "read_importance_profile"]
 

@@ -27,8 +27,9 @@ on the new domain.
 
 from __future__ import annotations
 
-from ..layers.plan import LayerSpec, Plan
-from .base import Expander, ExpanderConfigError, register_expander
+from blockexp.expanders.base import Expander, ExpanderConfigError
+from blockexp.expanders.registry import register_expander
+from blockexp.layers.plan import LayerSpec, Plan
 
 __all__ = ["PrefixStack", "SuffixStack"]
 

@@ -1,45 +1,35 @@
-"""Decoder-layer structure and surgery, below the expanders (which build on it).
+"""Decoder-layer structure: per-architecture layout (:mod:`.arch`), the expansion plan
+(:mod:`.plan`), in-memory surgery (:mod:`.surgery`, imports torch), trainable-name selection
+(:mod:`.selection`) and the MoE FFN block (:mod:`.moe`, imports torch). Imports no other package
+of blockexp; this ``__init__`` re-exports only the torch-free names."""
 
-Per-architecture layout (:mod:`.arch`), the expansion plan (:mod:`.plan`), in-memory surgery
-(:mod:`.surgery`) and trainable-name selection (:mod:`.selection`).
-"""
-
-from .arch import (
+from blockexp.layers.arch import (
     ArchSpec,
+    Module,
     UnsupportedArchitectureError,
     get_arch,
     register_arch,
     supported_model_types,
 )
-from .plan import Init, LayerSpec, Plan, PlanError
-from .selection import TrainOptions, trainable_parameter_names
-
-# In-memory surgery needs torch when imported: loaded on first use (planning and streaming do not).
-_SURGERY = ("apply_plan", "average_layers", "zero_linears", "zero_residual_writers")
-
-
-def __getattr__(name: str):
-    if name in _SURGERY:
-        from . import surgery
-
-        return getattr(surgery, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from blockexp.layers.plan import (
+    Init,
+    LayerSpec,
+    Plan,
+    PlanError,
+)
+from blockexp.layers.selection import TrainOptions, trainable_parameter_names
 
 __all__ = [
     "ArchSpec",
+    "Module",
     "Init",
     "LayerSpec",
     "Plan",
     "PlanError",
     "TrainOptions",
     "UnsupportedArchitectureError",
-    "apply_plan",
-    "average_layers",
     "get_arch",
     "register_arch",
     "supported_model_types",
     "trainable_parameter_names",
-    "zero_linears",
-    "zero_residual_writers",
 ]

@@ -36,22 +36,27 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .._lazy import lazy_module
-from .plan import PlanError
+from blockexp.layers.plan import PlanError
 
-torch = lazy_module("torch")  # imported on first use: planning and streaming do without
-nn = lazy_module("torch.nn")
+if TYPE_CHECKING:  # torch is imported where a model is handled: planning does without it
+    import torch
+    from torch import nn
 
-if TYPE_CHECKING:
-    from .plan import Plan
+    from blockexp.layers.plan import Plan
 
 __all__ = [
     "ArchSpec",
+    "Module",
     "UnsupportedArchitectureError",
     "get_arch",
     "register_arch",
     "supported_model_types",
 ]
+
+#: A ``torch.nn.Module`` in the signatures of the strategies' modules. jsonargparse executes the
+#: ``if TYPE_CHECKING:`` blocks of every module whose classes it reads, so a strategy module that
+#: imported torch there would import it for ``plan``; the strategies annotate with this instead.
+Module = Any
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -116,6 +121,8 @@ class ArchSpec:
     # -- in-memory access -------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
         """Return the decoder-layer ``ModuleList`` of ``model`` (checked to be one)."""
+        from torch import nn
+
         module = _get_path(model, self.layers_path, self.model_type)
         if not isinstance(module, nn.ModuleList):
             raise UnsupportedArchitectureError(
@@ -149,21 +156,10 @@ class ArchSpec:
         biases of the writer linears, fused expert parameters)."""
         return self._writer_tensors(layer, self.layer_residual_writers(layer))
 
-    def residual_linears(self, layer: nn.Module) -> list[nn.Linear]:
-        """The residual writers of a dense decoder layer as ``nn.Linear`` modules (refuses a
-        writer that is a bare parameter, e.g. fused MoE experts: use :meth:`residual_tensors`)."""
-        out = []
-        for path in self.layer_residual_writers(layer):
-            module = _get_path(layer, tuple(path.split(".")), self.model_type)
-            if not isinstance(module, nn.Linear):
-                raise UnsupportedArchitectureError(
-                    f"{self.model_type}: expected nn.Linear at '{path}' of a decoder layer, "
-                    f"found {type(module).__name__}."
-                )
-            out.append(module)
-        return out
-
     def _writer_tensors(self, root: nn.Module, paths: tuple[str, ...]) -> list[torch.Tensor]:
+        import torch
+        from torch import nn
+
         out: list[torch.Tensor] = []
         for path in paths:
             found = _get_path(root, tuple(path.split(".")), self.model_type)
@@ -203,13 +199,6 @@ class ArchSpec:
         sparse = bool(self.moe_residual_writers and experts and hasattr(mlp, experts[0]))
         writers = self._under_mlp(self.moe_residual_writers if sparse else self.residual_writers)
         return self._writer_tensors(mlp, writers)
-
-    def norms(self, layer: nn.Module) -> list[nn.Module]:
-        """Normalisation modules of one decoder layer."""
-        return [_get_path(layer, tuple(p.split(".")), self.model_type) for p in self.layer_norms]
-
-    def final_norm(self, model: nn.Module) -> nn.Module:
-        return _get_path(model, self.final_norm_path, self.model_type)
 
     def embeddings(self, model: nn.Module) -> nn.Module:
         return _get_path(model, self.embed_path, self.model_type)

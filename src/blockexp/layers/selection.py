@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .arch import ArchSpec
+from blockexp.layers.arch import ArchSpec
 
 __all__ = ["TrainOptions", "trainable_parameter_names"]
 

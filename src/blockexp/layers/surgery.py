@@ -7,8 +7,8 @@ import copy
 import torch
 from torch import nn
 
-from .arch import ArchSpec, get_arch
-from .plan import LayerSpec, Plan, PlanError
+from blockexp.layers.arch import ArchSpec, get_arch
+from blockexp.layers.plan import LayerSpec, Plan, PlanError
 
 __all__ = ["apply_plan", "average_layers", "zero_linears", "zero_residual_writers"]
 

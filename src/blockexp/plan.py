@@ -1,5 +1,0 @@
-"""Deprecated: moved to :mod:`blockexp.layers.plan` (this path works for one more release)."""
-
-from ._compat import moved
-
-__getattr__ = moved(__name__, "blockexp.layers.plan")
