@@ -1,6 +1,6 @@
 """Regenerate the shipped local lm-eval tasks from the repository's own text.
 
-    python scripts/make_eval_tasks.py [--out src/blockexp/lmeval/tasks] [--n 100]
+    python scripts/make_eval_tasks.py [--out src/blockexp/evaluation/lmeval/tasks] [--n 100]
 
 Writes ``blockexp_cloze`` (LAMBADA-style last word), ``blockexp_choice`` (4-way sentence
 completion), ``blockexp_complete`` (generative sentence completion), all tagged

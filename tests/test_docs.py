@@ -26,7 +26,7 @@ def middle_stack():
     import sys
     import types
 
-    from blockexp.expanders import base
+    from blockexp.expanders.registry import unregister_expander
 
     # As the walk-through says: a new module of blockexp/expanders/ (here made in memory).
     name = "blockexp.expanders.middle_stack"
@@ -36,7 +36,7 @@ def middle_stack():
     try:
         yield module.MiddleStack
     finally:
-        base._REGISTRY.pop("MiddleStack", None)
+        unregister_expander("MiddleStack")
         sys.modules.pop(name, None)
 
 

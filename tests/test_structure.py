@@ -192,3 +192,14 @@ def test_registration_refuses_contradicting_declarations():
     ):
         with pytest.raises(ExpanderConfigError, match=message):
             register_expander(cls)
+
+
+def test_the_architecture_picture_is_drawn_from_the_code():
+    import importlib.util
+
+    path = SRC.parent / "scripts" / "draw_architecture.py"
+    spec = importlib.util.spec_from_file_location("draw_architecture", path)
+    draw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(draw)
+    text = draw.DOC.read_text()
+    assert draw.render(text) == text, "run python scripts/draw_architecture.py"

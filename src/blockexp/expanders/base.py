@@ -2,7 +2,7 @@
 
 An expander turns a loaded base model into the model that will be trained and says which of its
 parameters train. Depth-changing strategies implement :meth:`Expander.plan` only: the base class
-applies the plan (:func:`blockexp.layers.apply_plan`) and selects the trainable parameter names
+applies the plan (:func:`blockexp.layers.surgery.apply_plan`) and selects the trainable parameter names
 (:func:`blockexp.layers.trainable_parameter_names`). Strategies that keep the depth override
 :meth:`Expander.expand`. Each strategy declares its capabilities as class attributes, and
 :func:`blockexp.expanders.registry.register_expander` refuses a class whose declarations

@@ -26,6 +26,7 @@ __all__ = [
     "get_expander",
     "register_expander",
     "target_of",
+    "unregister_expander",
 ]
 
 #: name -> "module:Class" (every registered strategy), and the classes imported so far.
@@ -102,6 +103,12 @@ def register_expander(cls_or_name: Any, target: str | None = None) -> Any:
     cls.name = cls.__name__
     _CLASSES[cls.__name__] = cls
     return cls
+
+
+def unregister_expander(name: str) -> None:
+    """Forget the strategy called ``name`` (a test's or a notebook's temporary one)."""
+    _TARGETS.pop(name, None)
+    _CLASSES.pop(name, None)
 
 
 def target_of(cls: type) -> str:

@@ -83,12 +83,8 @@ def backward_transfer(
 ) -> float:
     """Backward transfer BWT_t (eq. 7): mean change on tasks 1..t since each was learned.
 
-    Args:
-        R: score matrix, ``R[t-1][i-1]`` = score on task i after training through task t.
-        t: the round (1-based); default the last row of ``R``.
-
-    Returns:
-        BWT_t as a float (negative means forgetting). ``BWT_1 == 0``.
+    ``R`` and ``t`` as in :func:`overall_performance`. Returns BWT_t as a float (negative means
+    forgetting); ``BWT_1 == 0``.
     """
     arr = as_score_matrix(R)
     t = _rounds(arr, t)

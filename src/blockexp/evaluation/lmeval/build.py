@@ -53,8 +53,11 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text) if s]
 
 
-def _sentences_per_doc(texts: Iterable[str]) -> list[list[str]]:
-    return [s for s in (split_sentences(t) for t in texts) if s]
+def _each_sentence(texts: Iterable[str]):
+    """``(sentences of its document, index, sentence)`` for every sentence of every text."""
+    for sentences in (split_sentences(t) for t in texts):
+        for i, sentence in enumerate(sentences):
+            yield sentences, i, sentence
 
 
 def cloze_docs(
@@ -63,19 +66,17 @@ def cloze_docs(
     """LAMBADA-style passages ``{"text": ...}`` whose last space-separated token is a word."""
     rng = random.Random(seed)
     candidates = []
-    for sentences in _sentences_per_doc(texts):
-        for end in range(len(sentences)):
-            last = sentences[end]
-            if not last.endswith("."):
-                continue
-            body = last[:-1]
-            final = body.rsplit(" ", 1)[-1]
-            if not _WORD.fullmatch(final) or len(final) < 3:
-                continue
-            start = max(0, end - rng.randint(0, 2))
-            passage = " ".join(sentences[start:end] + [body])
-            if min_words <= len(passage.split(" ")) <= max_words:
-                candidates.append({"text": passage})
+    for sentences, end, last in _each_sentence(texts):
+        if not last.endswith("."):
+            continue
+        body = last[:-1]
+        final = body.rsplit(" ", 1)[-1]
+        if not _WORD.fullmatch(final) or len(final) < 3:
+            continue
+        start = max(0, end - rng.randint(0, 2))
+        passage = " ".join(sentences[start:end] + [body])
+        if min_words <= len(passage.split(" ")) <= max_words:
+            candidates.append({"text": passage})
     return _sample(candidates, n, rng, "cloze")
 
 
@@ -85,14 +86,13 @@ def choice_docs(
     """HellaSwag-style ``{"ctx", "endings", "label"}``: the true ending among ``num_choices``."""
     rng = random.Random(seed)
     pool = []
-    for sentences in _sentences_per_doc(texts):
-        for i, sentence in enumerate(sentences):
-            words = sentence.split(" ")
-            if len(words) < min_words:
-                continue
-            cut = len(words) // 2
-            before = sentences[i - 1] + " " if i > 0 else ""
-            pool.append((before + " ".join(words[:cut]), " ".join(words[cut:])))
+    for sentences, i, sentence in _each_sentence(texts):
+        words = sentence.split(" ")
+        if len(words) < min_words:
+            continue
+        cut = len(words) // 2
+        before = sentences[i - 1] + " " if i > 0 else ""
+        pool.append((before + " ".join(words[:cut]), " ".join(words[cut:])))
     if len(pool) < num_choices:
         raise ValueError(f"choice: need at least {num_choices} usable sentences, got {len(pool)}")
     endings_pool = [ending for _, ending in pool]
@@ -122,20 +122,19 @@ def complete_docs(
     sentence (the target, without the final period)."""
     rng = random.Random(seed)
     candidates = []
-    for sentences in _sentences_per_doc(texts):
-        for i, sentence in enumerate(sentences):
-            if not sentence.endswith("."):
-                continue
-            words = sentence[:-1].split(" ")
-            if len(words) < min_words or not all(_WORD.fullmatch(w) for w in words[-target_words:]):
-                continue
-            before = sentences[i - 1] + " " if i > 0 else ""
-            candidates.append(
-                {
-                    "context": before + " ".join(words[:-target_words]),
-                    "target": " ".join(words[-target_words:]),
-                }
-            )
+    for sentences, i, sentence in _each_sentence(texts):
+        if not sentence.endswith("."):
+            continue
+        words = sentence[:-1].split(" ")
+        if len(words) < min_words or not all(_WORD.fullmatch(w) for w in words[-target_words:]):
+            continue
+        before = sentences[i - 1] + " " if i > 0 else ""
+        candidates.append(
+            {
+                "context": before + " ".join(words[:-target_words]),
+                "target": " ".join(words[-target_words:]),
+            }
+        )
     return _sample(candidates, n, rng, "complete")
 
 
