@@ -10,19 +10,19 @@ import pytest
 import torch
 
 from blockexp.cli import main
-from blockexp.evaluation.lmeval import (
+from blockexp.evaluation.lmeval.build import (
+    choice_docs,
+    cloze_docs,
+    code_line_docs,
+    complete_docs,
+)
+from blockexp.evaluation.lmeval.harness import (
     EvalError,
     evaluate_model,
     headline_scores,
     load_preset,
     load_tasks,
     shipped_tasks,
-)
-from blockexp.evaluation.lmeval.build import (
-    choice_docs,
-    cloze_docs,
-    code_line_docs,
-    complete_docs,
 )
 from blockexp.evaluation.lmeval.tasks import TASKS_DIR, load_jsonl, process_next_line
 

@@ -42,8 +42,8 @@ import corpus as corpus_mod  # noqa: E402
 
 from blockexp.data.cpt import CPTDataModule, DataSource  # noqa: E402
 from blockexp.evaluation.importance import load_text_blocks, text_loss  # noqa: E402
-from blockexp.evaluation.lmeval import evaluate_model, headline_scores  # noqa: E402
 from blockexp.evaluation.lmeval.build import build_tasks  # noqa: E402
+from blockexp.evaluation.lmeval.harness import evaluate_model, headline_scores  # noqa: E402
 from blockexp.expanders import get_expander  # noqa: E402
 from blockexp.io.checkpoint import atomic_write  # noqa: E402
 from blockexp.training.module import BlockExpansionModule  # noqa: E402

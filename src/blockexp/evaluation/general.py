@@ -6,7 +6,7 @@ Forgetting is what block expansion exists to avoid, so it should be measured in 
 * after every TRACE round (a :class:`~blockexp.trace.data.TRACEDataModule` asks for it),
 * at fit end.
 
-Every evaluation runs :func:`blockexp.evaluation.lmeval.evaluate_model` (lm-eval's own task definitions) on
+Every evaluation runs :func:`blockexp.evaluation.lmeval.harness.evaluate_model` (lm-eval's own task definitions) on
 the model *as exported*: the expander's :meth:`~blockexp.expanders.Expander.export_model` (LoRA
 merged into a copy, MoE unwrapped from its saver), under the module's precision policy.
 
@@ -72,7 +72,7 @@ class GeneralEval(L.Callback):
         every_trace_round: bool = True,
         seed: int = 0,
     ) -> None:
-        from blockexp.evaluation.lmeval import load_preset, load_tasks
+        from blockexp.evaluation.lmeval.harness import load_preset, load_tasks
 
         self.tasks = (
             [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
@@ -124,8 +124,8 @@ class GeneralEval(L.Callback):
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, label: str) -> dict:
         """Run the tasks on the model as exported; record, log and write the entry."""
-        from blockexp.evaluation.lmeval import evaluate_model, mean_score
         from blockexp.evaluation.lmeval.command import eval_view
+        from blockexp.evaluation.lmeval.harness import evaluate_model, mean_score
         from blockexp.io.tokenization import load_tokenizer
 
         if any(e["label"] == label and e["step"] == trainer.global_step for e in self.entries):

@@ -30,7 +30,7 @@ def load_for_eval(
     or a ``blockexp fit`` checkpoint (``.ckpt``, rebuilt and checked as ``export`` does)."""
     from transformers import AutoModelForCausalLM
 
-    from blockexp.evaluation.lmeval import offline
+    from blockexp.evaluation.lmeval.harness import offline
     from blockexp.expanders.moe import load_moe_model
     from blockexp.io.tokenization import _HUB_ID_RE, load_tokenizer
     from blockexp.layers.moe import MOE_WEIGHTS_NAME
@@ -101,7 +101,7 @@ def print_results(results: dict[str, Any], title: str = "lm-eval results") -> No
     from rich.console import Console
     from rich.table import Table
 
-    from blockexp.evaluation.lmeval import mean_score
+    from blockexp.evaluation.lmeval.harness import mean_score
 
     table = Table(title=title)
     for column in ("task", "metric", "filter", "value", "± stderr", "n"):
@@ -180,7 +180,7 @@ def run_eval(
     """
     import torch
 
-    from blockexp.evaluation.lmeval import (
+    from blockexp.evaluation.lmeval.harness import (
         EvalError,
         evaluate_model,
         load_preset,
