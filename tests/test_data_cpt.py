@@ -11,8 +11,8 @@ import pytest
 import torch
 from make_quickstart_data import write_quickstart_data
 
-from blockexp.data import cpt as cpt_mod
 from blockexp.data.cpt import CPTDataModule, DataSource
+from blockexp.data.cpt.tokenize import TokenizeBatch
 from blockexp.data.records import DataError
 from blockexp.io.tokenization import (
     BYTE_BOS_ID,
@@ -263,7 +263,7 @@ def test_tokenization_is_cached(tmp_path, monkeypatch):
     def fail(self, batch):
         raise AssertionError("tokenisation was recomputed instead of read from the cache")
 
-    monkeypatch.setattr(cpt_mod.TokenizeBatch, "__call__", fail)
+    monkeypatch.setattr(TokenizeBatch, "__call__", fail)
     dm2 = make_dm(tmp_path, [DataSource("a", str(a))])
     dm2.setup("fit")
     assert [f["filename"] for f in dm2.tokenized["a"].cache_files] == files

@@ -12,11 +12,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _walkthrough(doc: str, name: str) -> str:
-    """The python code block of ``doc`` that starts with ``# walkthrough: <name>``."""
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / doc).read_text(), re.S)
+def _walkthrough(doc: str, name: str, lang: str = "python") -> str:
+    """The ``lang`` code block of ``doc`` that starts with ``# walkthrough: <name>``."""
+    blocks = re.findall(rf"```{lang}\n(.*?)```", (REPO / "docs" / doc).read_text(), re.S)
     found = [b for b in blocks if b.startswith(f"# walkthrough: {name}\n")]
-    assert len(found) == 1, f"{doc} must hold one '# walkthrough: {name}' block"
+    assert len(found) == 1, f"{doc} must hold one '# walkthrough: {name}' {lang} block"
     return found[0]
 
 
@@ -104,7 +104,32 @@ def test_strategy_walkthrough(middle_stack, tiny_llama, tmp_path, capsys):
                 return super().expand(model)
 
 
-def test_data_walkthrough(tmp_path, make_trainer):
+@pytest.fixture
+def qa_project(tmp_path, monkeypatch):
+    """A scratch project as docs/data.md lays it out: ``my_project/qa.py`` (the walk-through's
+    DataModule file, importable as with ``PYTHONPATH=.``), ``data/qa.jsonl`` and ``configs/``;
+    the working directory is the project root. Yields the imported module."""
+    import importlib
+    import sys
+
+    (tmp_path / "my_project").mkdir()
+    (tmp_path / "my_project" / "qa.py").write_text(_walkthrough("data.md", "data"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "qa.jsonl").write_text(
+        "\n".join(json.dumps({"question": f"{i}+1=", "answer": str(i + 1)}) for i in range(16))
+        + "\n"
+    )
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        yield importlib.import_module("my_project.qa")
+    finally:
+        for name in ("my_project.qa", "my_project"):
+            sys.modules.pop(name, None)
+
+
+def test_data_walkthrough(qa_project, tmp_path, make_trainer):
     from blockexp.data.collate import IGNORE_INDEX
     from blockexp.data.loader import ResumableDataLoader
     from blockexp.data.records import DataError
@@ -112,14 +137,8 @@ def test_data_walkthrough(tmp_path, make_trainer):
     from blockexp.training.module import BlockExpansionModule
     from tests.conftest import tiny_llama_dict
 
-    namespace: dict = {}
-    exec(_walkthrough("data.md", "data"), namespace)
-    QADataModule = namespace["QADataModule"]
-    path = tmp_path / "qa.jsonl"
-    path.write_text(
-        "\n".join(json.dumps({"question": f"{i}+1=", "answer": str(i + 1)}) for i in range(16))
-        + "\n"
-    )
+    QADataModule = qa_project.QADataModule
+    path = tmp_path / "data" / "qa.jsonl"
     dm = QADataModule(str(path), max_length=32, batch_size=4)
     dm.setup()
     example = dm.train_dataset[3]
@@ -139,3 +158,22 @@ def test_data_walkthrough(tmp_path, make_trainer):
     path.write_text('{"question": "a"}\n')
     with pytest.raises(DataError, match=r"qa\.jsonl:1: expected 'question' and 'answer'"):
         QADataModule(str(path)).setup()
+
+
+def test_data_walkthrough_config_and_command_train(qa_project, tmp_path, capsys):
+    """The walk-through's config and command, run as written (2 steps instead of 200)."""
+    import shlex
+
+    from blockexp.cli import main
+
+    (tmp_path / "qa.yaml").write_text(_walkthrough("data.md", "data config", "yaml"))
+    command = shlex.split(_walkthrough("data.md", "data command", "bash"), comments=True)
+    prefix = ["PYTHONPATH=.", "python", "-m", "blockexp"]
+    assert command[: len(prefix)] == prefix, command
+    main([*command[len(prefix) :], "--trainer.max_steps", "2"])
+    out = capsys.readouterr().out
+    assert "blockexp summary" in out and "val loss before" in out
+    checkpoints = sorted(tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt"))
+    assert [p.name for p in checkpoints] == ["epoch=0-step=2.ckpt"]
+    ckpt = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2

@@ -13,19 +13,19 @@ import pytest
 import torch
 
 from blockexp.cli import main
-from blockexp.evaluation.importance import (
+from blockexp.evaluation.importance.inputs import (
     MultipleChoiceItem,
-    angular_distance,
-    choice_log_likelihoods,
     encode_multiple_choice,
-    evaluate,
-    insertion_plan,
-    layer_angular_distances,
     load_multiple_choice,
     load_text_blocks,
-    removal_plan,
-    temporary_plan,
 )
+from blockexp.evaluation.importance.measure import (
+    angular_distance,
+    choice_log_likelihoods,
+    evaluate,
+    layer_angular_distances,
+)
+from blockexp.evaluation.importance.surgery import insertion_plan, removal_plan, temporary_plan
 from blockexp.expanders import SLayer
 from blockexp.io.tokenization import load_tokenizer
 from blockexp.layers import get_arch
@@ -130,10 +130,10 @@ def test_multiple_choice_scoring(tiny_llama):
 def test_bad_inputs_are_clear_errors(tmp_path):
     bad = tmp_path / "mc.jsonl"
     bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": "q"}\n')
-    with pytest.raises(ValueError, match=r"mc.jsonl, line 2: 'choices'"):
+    with pytest.raises(ValueError, match=r"mc.jsonl:2: 'choices'"):
         load_multiple_choice(bad)
     bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 2}\n')
-    with pytest.raises(ValueError, match="line 1: 'answer' must be an integer index"):
+    with pytest.raises(ValueError, match=r"mc.jsonl:1: 'answer' must be an integer index"):
         load_multiple_choice(bad)
     assert len(load_multiple_choice(SAMPLE / "choices.jsonl")) == 8
     tok = load_tokenizer("byte")

@@ -8,14 +8,10 @@ import pytest
 import torch
 
 from blockexp.data.collate import IGNORE_INDEX
-from blockexp.data.records import DataError
-from blockexp.data.sft import (
-    SFTDataModule,
-    encode_conversation,
-    iter_json_records,
-    normalize_record,
-    pack_examples,
-)
+from blockexp.data.records import DataError, iter_json_records
+from blockexp.data.sft import SFTDataModule
+from blockexp.data.sft.conversations import normalize_record
+from blockexp.data.sft.encode import encode_conversation, pack_examples
 from blockexp.io.tokenization import load_tokenizer
 
 

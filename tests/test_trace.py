@@ -23,9 +23,10 @@ from blockexp.data.collate import IGNORE_INDEX
 from blockexp.data.records import DataError
 from blockexp.expanders import LlamaPro
 from blockexp.trace.callback import TRACECallback
-from blockexp.trace.data import TRACE_ORDER, TRACEDataModule, read_trace_split
+from blockexp.trace.data import TRACEDataModule
 from blockexp.trace.protocol import TRACE_EPOCHS
 from blockexp.trace.report import trace_eval_entry
+from blockexp.trace.tasks import TRACE_ORDER, read_trace_split
 from blockexp.trace.text import TRACE_TASK_METRICS, build_metric
 from blockexp.training.cli import BlockexpCLI
 from blockexp.training.module import BlockExpansionModule

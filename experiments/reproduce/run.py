@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus as corpus_mod  # noqa: E402
 
 from blockexp.data.cpt import CPTDataModule, DataSource  # noqa: E402
-from blockexp.evaluation.importance import load_text_blocks, text_loss  # noqa: E402
+from blockexp.evaluation.importance.inputs import load_text_blocks  # noqa: E402
+from blockexp.evaluation.importance.measure import text_loss  # noqa: E402
 from blockexp.evaluation.lmeval.build import build_tasks  # noqa: E402
 from blockexp.evaluation.lmeval.harness import evaluate_model, headline_scores  # noqa: E402
 from blockexp.expanders import get_expander  # noqa: E402
@@ -224,7 +225,8 @@ def train_strategy(args, label: str, cls: str, kwargs: dict, base: Path, tokeniz
 @torch.no_grad()
 def heldout_loss(model, tokenizer, path: Path, seq_len: int, max_blocks: int) -> float:
     """Mean next-token loss over the first ``max_blocks`` packed blocks of a JSONL corpus
-    (documents joined with eos: :func:`blockexp.evaluation.importance.load_text_blocks`)."""
+    (documents joined with eos:
+    :func:`blockexp.evaluation.importance.inputs.load_text_blocks`)."""
     blocks = load_text_blocks(path, tokenizer, seq_len, max_blocks)
     return text_loss(model.eval(), blocks, batch_size=8)
 

@@ -262,7 +262,7 @@ def _offline_command(name: str):
     """The function behind an offline command; ``importance`` and ``eval`` are imported only
     when they run (``importance`` needs torch)."""
     if name == "importance":
-        from blockexp.evaluation.importance import importance
+        from blockexp.evaluation.importance.command import importance
 
         return importance
     if name == "eval":

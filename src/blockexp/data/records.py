@@ -1,4 +1,4 @@
-"""Reading JSON records from local files with errors that name the file and line."""
+"""Reading JSON records and text paragraphs from local files with errors naming file and line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataError", "check_data_file", "iter_json_records", "json_kind"]
+__all__ = [
+    "DataError",
+    "check_data_file",
+    "iter_json_records",
+    "iter_paragraphs",
+    "json_kind",
+]
 
 
 class DataError(ValueError):
@@ -151,3 +157,27 @@ def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                     f"{err.colno}); each line of a .jsonl file must be one complete JSON object"
                 ) from None
             yield lineno, record
+
+
+def iter_paragraphs(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line, document)`` from a text file whose documents are separated by blank lines.
+
+    The file is read as UTF-8 with universal newlines and split wherever two newlines follow
+    each other; each document has its leading and trailing newlines stripped, whitespace-only
+    ones are skipped.
+    ``line`` is the 1-based line where the document starts.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        DataError: on a directory; on invalid UTF-8, with file and byte.
+    """
+    path = check_data_file(path, "data file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    line = 1
+    for chunk in text.split("\n\n"):
+        if chunk.strip():
+            yield line + len(chunk) - len(chunk.lstrip("\n")), chunk.strip("\n")
+        line += chunk.count("\n") + 2

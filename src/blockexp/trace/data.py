@@ -1,15 +1,12 @@
 """The TRACE continual-learning benchmark (Wang et al., 2023, arXiv:2310.06762) as a DataModule.
 
-Reads the released layout::
+Reads the released layout (:mod:`blockexp.trace.tasks`): ``<root>/<Task>/{train,eval,test}.json``.
 
-    <root>/<Task>/train.json   JSON list of {"prompt": ..., "answer": ...}
-    <root>/<Task>/eval.json    (optional; validation loss of the current task)
-    <root>/<Task>/test.json    scored by generation after every task (``eval_split``)
-
-Tasks are learned one after the other, in ``tasks`` order. When ``root`` holds TRACE's eight
-task folders and ``tasks`` is not given, the order is TRACE's (:data:`TRACE_ORDER`) and each task
-gets TRACE's epochs (5, 3, 7, 5, 3, 5, 5, 7). The module picks the task of the running epoch
-itself (``trainer.current_epoch``), so one ``trainer.fit`` with
+Tasks are learned one after the other, in ``tasks`` order. When ``root`` holds TRACE's eight task
+folders and ``tasks`` is not given, the order is TRACE's
+(:data:`~blockexp.trace.tasks.TRACE_ORDER`) and each task gets TRACE's epochs (5, 3, 7, 5, 3, 5, 5,
+7). The module picks the task of the running epoch itself (``trainer.current_epoch``), so one
+``trainer.fit`` with
 ``reload_dataloaders_every_n_epochs=1`` walks through the whole sequence (set up by
 :class:`blockexp.trace.callback.TRACECallback`, which also scores the tasks after each one).
 
@@ -31,84 +28,28 @@ its eos token there (TRACE's tokenizer loader does the same). ``prompt_format="c
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch.utils.data import DataLoader
 
 from blockexp.data.base import BlockexpDataModule, check_int
 from blockexp.data.collate import IGNORE_INDEX, Collator
-from blockexp.data.records import DataError, iter_json_records, json_kind
-from blockexp.data.sft import SFTDataset, chat_template_for, encode_conversation
+from blockexp.data.records import DataError
+from blockexp.data.sft.encode import SFTDataset, chat_template_for, encode_conversation
 from blockexp.trace.protocol import TRACE_EPOCHS, Protocol, get_protocol
+from blockexp.trace.tasks import (
+    SPLITS,
+    check_task_files,
+    default_tasks,
+    read_trace_split,
+    sample_records,
+    trace_root,
+)
 from blockexp.trace.text import METRICS, SCORING, TRACE_TASK_METRICS
 
-__all__ = ["TRACE_ORDER", "TRACEDataModule", "read_trace_split"]
+__all__ = ["TRACEDataModule"]
 
-#: TRACE's task order (its scripts' default; the order of the LLaMA Pro paper's Tables 11-13).
-TRACE_ORDER: tuple[str, ...] = (
-    "C-STANCE",
-    "FOMC",
-    "MeetingBank",
-    "Py150",
-    "ScienceQA",
-    "NumGLUE-cm",
-    "NumGLUE-ds",
-    "20Minuten",
-)
-SPLITS = ("train", "eval", "test")
 EVAL_TASKS = ("seen", "all")
-
-
-def read_trace_split(path: str | Path) -> list[dict[str, str]]:
-    """Read one TRACE split file: a JSON list of records with string ``prompt`` and ``answer``.
-
-    Raises:
-        FileNotFoundError: if the file is missing.
-        DataError: on malformed JSON or records, with file and line; on an empty file.
-    """
-    records = []
-    for line, record in iter_json_records(path):
-        where = f"{path}:{line}"
-        if not isinstance(record, dict):
-            raise DataError(
-                f"{where}: expected a JSON object with 'prompt' and 'answer', got {json_kind(record)}"
-            )
-        for field in ("prompt", "answer"):
-            if field not in record:
-                keys = ", ".join(repr(k) for k in list(record)[:10]) or "none"
-                raise DataError(f"{where}: record has no {field!r} field (fields: {keys})")
-            if not isinstance(record[field], str):
-                raise DataError(
-                    f"{where}: {field!r} must be a string, got {type(record[field]).__name__}"
-                )
-        records.append({"prompt": record["prompt"], "answer": record["answer"]})
-    if not records:
-        raise DataError(f"{path}: no records")
-    return records
-
-
-def _cap(records: list[dict[str, str]], cap: int | None, seed: int, tag: str) -> list:
-    """A seeded subset of ``cap`` records, in file order (all records when ``cap`` is None)."""
-    if cap is None or cap >= len(records):
-        return records
-    rng = np.random.default_rng([seed, *tag.encode()])
-    keep = np.sort(rng.choice(len(records), size=cap, replace=False))
-    return [records[i] for i in keep]
-
-
-def _default_tasks(root: Path) -> list[str]:
-    """TRACE's order when ``root`` holds its eight task folders; otherwise a clear error."""
-    missing = [t for t in TRACE_ORDER if not (root / t / "train.json").is_file()]
-    if not missing:
-        return list(TRACE_ORDER)
-    found = sorted(p.name for p in root.iterdir() if (p / "train.json").is_file())
-    raise DataError(
-        f"{root} does not hold TRACE's eight task folders (missing: {', '.join(missing)}); "
-        f"task folders found: {', '.join(found) or 'none'}. Point data.init_args.root at the "
-        "released TRACE data, or list the tasks to learn, in order, in data.init_args.tasks."
-    )
 
 
 class TRACEDataModule(BlockexpDataModule):
@@ -180,14 +121,7 @@ class TRACEDataModule(BlockexpDataModule):
         seed: int = 0,
         trust_remote_code: bool = False,
     ) -> None:
-        root_path = Path(root).expanduser()
-        if not root_path.is_dir():
-            raise FileNotFoundError(
-                f"TRACE root {root!r} is not a directory (resolved to {root_path.resolve()}). "
-                "Download the released TRACE data (see docs/trace.md) and point "
-                "data.init_args.root at the folder holding C-STANCE/, FOMC/, ...; or generate a "
-                "synthetic one with `python scripts/make_trace_data.py DIR`."
-            )
+        root_path = trace_root(root)
         try:
             protocol_spec: Protocol = get_protocol(protocol)
         except ValueError as err:
@@ -196,7 +130,7 @@ class TRACEDataModule(BlockexpDataModule):
             raise DataError(f"scoring must be one of {list(SCORING)}, got {scoring!r}")
         if eval_tasks not in EVAL_TASKS:
             raise DataError(f"eval_tasks must be one of {list(EVAL_TASKS)}, got {eval_tasks!r}")
-        task_list = list(tasks) if tasks else _default_tasks(root_path)
+        task_list = list(tasks) if tasks else default_tasks(root_path)
         if len(set(task_list)) != len(task_list):
             raise DataError(f"tasks must be unique, got {task_list}")
         if eval_split not in SPLITS:
@@ -238,14 +172,7 @@ class TRACEDataModule(BlockexpDataModule):
         unknown = {t: m for t, m in metrics.items() if t in task_list and m not in METRICS}
         if unknown:
             raise DataError(f"unknown metrics {unknown}; choose from {sorted(METRICS)}")
-        for task in task_list:
-            for split in ("train", eval_split):
-                path = root_path / task / f"{split}.json"
-                if not path.is_file():
-                    raise FileNotFoundError(
-                        f"TRACE task {task!r}: {path} is missing (expected "
-                        f"<root>/<Task>/{{train,eval,test}}.json)"
-                    )
+        check_task_files(root_path, task_list, eval_split)
         super().__init__(tokenizer, batch_size, num_workers, seed, trust_remote_code)
         self.save_hyperparameters()
         self.root = root_path
@@ -382,7 +309,7 @@ class TRACEDataModule(BlockexpDataModule):
 
     # -------------------------------------------------------------------------- data
     def _records(self, task: str, split: str, cap: int | None) -> list[dict[str, str]]:
-        return _cap(
+        return sample_records(
             read_trace_split(self.root / task / f"{split}.json"), cap, self.seed, f"{task}/{split}"
         )
 
@@ -430,11 +357,6 @@ class TRACEDataModule(BlockexpDataModule):
     def metric_name(self, task: str) -> str:
         """The metric of ``task`` (a key of :data:`blockexp.trace.text.METRICS`)."""
         return self.task_metrics[task]
-
-    def train_dataset_for(self, task: str) -> SFTDataset:
-        """Tokenised training examples of ``task``."""
-        self.setup()
-        return self._train[task]
 
     def train_dataloader(self) -> DataLoader:
         """Training batches of the current task (re-made every epoch)."""
