@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockexp.io.checkpoint import atomic_write
+from blockexp.io.outputs import atomic_write
 
 __all__ = [
     "MultipleChoiceItem",
@@ -449,8 +449,8 @@ def importance(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from blockexp.io.checkpoint import load_model
     from blockexp.io.inputs import check_outside_inputs
+    from blockexp.io.load import load_model
     from blockexp.io.tokenization import load_tokenizer
     from blockexp.layers.arch import get_arch
 
