@@ -37,7 +37,7 @@ def save_pretrained_atomic(
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save ``model``, its config, ``tokenizer`` and the manifest, atomically (the rules of
-    :class:`atomic_output_dir`).
+    :class:`~blockexp.io.outputs.atomic_output_dir`).
 
     ``state_dict``: the weights to write instead of ``model.state_dict()`` (e.g. the full
     tensors gathered from an FSDP2-sharded model on every rank, :func:`full_state_dict`); an

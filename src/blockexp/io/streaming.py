@@ -17,7 +17,8 @@ with the model:
    tensor names are parsed with :meth:`~blockexp.layers.ArchSpec.split_layer_key`, never by
    substring), and the output shards are laid out up front (their headers are known before any
    data is read).
-3. Each output tensor is produced in chunks: ``base``/``copy`` tensors are copied byte for byte
+3. Each output tensor is produced in chunks (:func:`~blockexp.io.safetensors.write_shards`):
+   ``base``/``copy`` tensors are copied byte for byte
    (``os.copy_file_range`` when the kernel offers it), residual writers of identity blocks
    (:meth:`~blockexp.layers.ArchSpec.is_residual_writer_param`) are zeros (skipped over, so they
    become sparse regions where the file system supports it), and ``mean``

@@ -1,4 +1,4 @@
-"""Building the training model (base, expander, precision policy) and its frozen-weight checks."""
+"""Building the training model: base, expander and precision policy (architecture checked first)."""
 
 from __future__ import annotations
 
