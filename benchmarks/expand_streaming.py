@@ -52,7 +52,7 @@ if mode == "stream":
     t0 = time.perf_counter()
     stream_expand(base, out, expander, max_shard_size=sys.argv[5])
 else:
-    from blockexp.io.checkpoint import load_model
+    from blockexp.io.load import load_model
     before = status("VmRSS:")
     t0 = time.perf_counter()
     model = load_model(base)
@@ -77,7 +77,7 @@ def make_checkpoint(
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    from blockexp.io.streaming import parse_size
+    from blockexp.io.safetensors import parse_size
     from blockexp.io.tokenization import load_tokenizer
 
     h, inter = hidden, intermediate

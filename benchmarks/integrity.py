@@ -4,9 +4,9 @@ and the record of the base's files.
 ``python benchmarks/integrity.py [--size-gb 1]``
 
 Saves a random Llama of about ``--size-gb`` (bf16 safetensors), then times, in one process and
-alternating over ``--repeats`` rounds: loading it (``blockexp.io.checkpoint.load_model``, what
+alternating over ``--repeats`` rounds: loading it (``blockexp.io.load.load_model``, what
 training and ``export`` do), hashing every parameter
-(:func:`blockexp.training.loading.frozen_fingerprint`) and recording the base whole
+(:func:`blockexp.io.digests.frozen_fingerprint`) and recording the base whole
 (:func:`blockexp.io.base_record.base_record`: config, every tensor of the weight files, tokenizer
 files). Training does both once; resume and export do both to verify. Prints the median of each
 and their ratio.
@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from blockexp.io.base_record import base_record
-    from blockexp.io.checkpoint import load_model
-    from blockexp.training.loading import frozen_fingerprint
+    from blockexp.io.digests import frozen_fingerprint
+    from blockexp.io.load import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=1.0)

@@ -39,7 +39,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from blockexp.io.checkpoint import atomic_write
+from blockexp.io.outputs import atomic_write
 
 __all__ = [
     "SYNTHETIC_TASKS",

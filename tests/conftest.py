@@ -111,7 +111,7 @@ MIXED_MOE_CONFIGS = {
 def make_arch_model(model_type: str | dict, seed: int = 0):
     """A tiny model of ``model_type`` (a key of :data:`ARCH_CONFIGS`, or a config dict), in eval
     mode, whose every layer visibly matters."""
-    from blockexp.io.checkpoint import load_model
+    from blockexp.io.load import load_model
 
     config = ARCH_CONFIGS[model_type] if isinstance(model_type, str) else model_type
     model = load_model(config, dtype="float32", seed=seed)
@@ -215,7 +215,7 @@ def fit_module():
 @pytest.fixture
 def tiny_llama():
     """Factory: a tiny random Llama (float32, eval mode) with ``num_layers`` layers."""
-    from blockexp.io.checkpoint import load_model
+    from blockexp.io.load import load_model
 
     def make(num_layers: int = 4, seed: int = 0, **overrides):
         model = load_model(tiny_llama_dict(num_layers, **overrides), dtype="float32", seed=seed)

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from blockexp.expanders import LlamaPro, SLayer
-from blockexp.io.checkpoint import load_model
+from blockexp.io.load import load_model
 from blockexp.layers import UnsupportedArchitectureError, get_arch, supported_model_types
 from tests.conftest import ARCH_CONFIGS, make_arch_model, tiny_llama_dict
 

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from blockexp.data.packing import packed_position_ids
-from blockexp.io.checkpoint import load_model
+from blockexp.io.load import load_model
 from blockexp.training import attention
 from blockexp.training.attention import select_attn_implementation
 from tests.conftest import tiny_llama_dict
@@ -112,7 +112,7 @@ def test_attention_auto_selection(monkeypatch, make_module):
 
 
 def test_auto_skips_a_kernel_the_model_class_lacks():
-    from blockexp.io.checkpoint import load_config
+    from blockexp.io.load import load_config
     from tests.conftest import ARCH_CONFIGS
 
     if torch.cuda.is_available():

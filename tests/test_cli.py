@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from blockexp.cli import main
-from blockexp.io.checkpoint import MANIFEST_NAME, OutputExistsError
+from blockexp.io.inputs import OutputExistsError
+from blockexp.io.manifest import MANIFEST_NAME
 from tests.conftest import tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]

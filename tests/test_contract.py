@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from blockexp.expanders import Expansion, expander_names, get_expander
-from blockexp.io.checkpoint import load_model, save_pretrained_atomic
+from blockexp.io.load import load_model
+from blockexp.io.save import save_pretrained_atomic
 from blockexp.layers import get_arch
 from blockexp.training.loss import causal_lm_forward_loss
 from tests.conftest import tiny_llama_dict

@@ -396,7 +396,7 @@ def test_corrupted_checkpoints_are_refused(trained, tmp_path, capsys):
 def _tampered(state: dict, key: str, value: float) -> dict:
     """``state`` with one value of trained tensor ``key`` set to ``value`` and its stored
     checksum recomputed (so only the finiteness check can catch it)."""
-    from blockexp.training.loading import tensor_digests
+    from blockexp.io.digests import tensor_digests
 
     state = {**state, "state_dict": dict(state["state_dict"]), "blockexp": dict(state["blockexp"])}
     tensor = state["state_dict"][key].clone()
@@ -481,8 +481,8 @@ def test_export_never_writes_over_its_inputs(trained, tmp_path, capsys, monkeypa
     resolved through symlinks, even with --overwrite and a manifest in place; the refusal comes
     before anything is hashed."""
     import blockexp.io.base_record
-    import blockexp.training.loading
-    from blockexp.io.checkpoint import MANIFEST_NAME
+    import blockexp.io.digests
+    from blockexp.io.manifest import MANIFEST_NAME
 
     base, ckpt = trained
     expanded = tmp_path / "expanded"  # an earlier blockexp output, used as the base
@@ -512,7 +512,7 @@ def test_export_never_writes_over_its_inputs(trained, tmp_path, capsys, monkeypa
         raise AssertionError("hashed before the output check")
 
     monkeypatch.setattr(blockexp.io.base_record, "tensor_record", never)
-    monkeypatch.setattr(blockexp.training.loading, "tensor_digests", never)
+    monkeypatch.setattr(blockexp.io.digests, "tensor_digests", never)
     cases = {
         "out is the base": ["--base", str(base), "--out", str(base)],
         "out is the checkpoint's directory": ["--out", str(ckpt.parent)],
@@ -540,7 +540,7 @@ def test_expand_and_fit_never_write_over_their_inputs(
 ):
     """The same rule for ``expand`` (base, config file) and ``fit`` (export_dir over the data,
     the tokenizer or the config; the run directory inside the base)."""
-    from blockexp.io.checkpoint import MANIFEST_NAME
+    from blockexp.io.manifest import MANIFEST_NAME
 
     monkeypatch.chdir(REPO)
     base = tiny_llama_dir
@@ -784,7 +784,7 @@ def test_second_fit_into_a_used_run_directory_is_refused(trained, capsys):
 
 
 def test_stale_temporaries_of_dead_processes_are_cleaned(tmp_path):
-    from blockexp.io.checkpoint import atomic_output_dir
+    from blockexp.io.outputs import atomic_output_dir
 
     out = tmp_path / "out"
     dead = subprocess.run(
@@ -976,8 +976,8 @@ def test_kill_fit_and_checkpoint_saves_then_resume(tmp_path, tiny_llama_dir):
         last = last or (saved[-1] if saved else None)
         resumed += last is not None
         if last is not None:  # complete and verified, or absent
+            from blockexp.io.digests import check_stored_tensors
             from blockexp.training.export import load_checkpoint_file
-            from blockexp.training.loading import check_stored_tensors
 
             state = load_checkpoint_file(last)
             check_stored_tensors(state["state_dict"], state["blockexp"]["stored_digest"], "last")

@@ -57,7 +57,7 @@ def test_layer_angular_distances_match_hidden_states(tiny_llama):
 
 
 def test_temporary_plans_change_and_restore_the_model():
-    from blockexp.io.checkpoint import load_model
+    from blockexp.io.load import load_model
     from tests.conftest import tiny_llama_dict
 
     config = tiny_llama_dict(

@@ -149,7 +149,7 @@ def test_registry_refuses_duplicates_and_unknown_names():
 def test_meta_device_expansion_counts_parameters():
     from transformers import AutoModelForCausalLM
 
-    from blockexp.io.checkpoint import load_config
+    from blockexp.io.load import load_config
     from tests.conftest import tiny_llama_dict
 
     config = load_config(tiny_llama_dict(4))

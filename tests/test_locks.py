@@ -289,7 +289,7 @@ def test_expand_removes_dead_runs_temporaries_beside_its_output(tmp_path, tiny_l
 
 
 def test_planted_links_named_like_temporaries_are_never_followed(tmp_path):
-    from blockexp.io.checkpoint import atomic_output_dir
+    from blockexp.io.outputs import atomic_output_dir
     from blockexp.io.stale import clean_stale_outputs
 
     dead = _dead_pid()
@@ -356,8 +356,8 @@ def test_disk_full_during_a_checkpoint_save_is_one_line(
     replacement beside it; 600 kB hold the first step's two files but not a third (torch's
     writer then fails with "unexpected pos", the OSError only its context). Either way: one
     line, and the checkpoints of step 1 stay, complete."""
+    from blockexp.io.digests import check_stored_tensors
     from blockexp.training.export import load_checkpoint_file
-    from blockexp.training.loading import check_stored_tensors
 
     monkeypatch.chdir(REPO)
     root = tmp_path / "run"

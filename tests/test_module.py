@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from blockexp.data.cpt import CPTDataModule, DataSource
 from blockexp.expanders import LlamaPro
-from blockexp.io.checkpoint import MANIFEST_NAME, OutputExistsError
+from blockexp.io.inputs import OutputExistsError
+from blockexp.io.manifest import MANIFEST_NAME
 from blockexp.training.module import BlockExpansionModule, cosine_with_warmup
 from tests.conftest import tiny_llama_dict
 

@@ -11,7 +11,7 @@ import torch
 
 from blockexp.cli import main
 from blockexp.expanders import ExpanderConfigError, SLayer, build_expander
-from blockexp.io.checkpoint import MANIFEST_NAME
+from blockexp.io.manifest import MANIFEST_NAME
 from blockexp.layers import get_arch
 
 LLAMA2_7B_PARAMS = 6_738_415_616

@@ -15,15 +15,9 @@ from transformers import AutoModelForCausalLM
 
 from blockexp.cli import main
 from blockexp.expanders import Expander, LlamaPro
-from blockexp.io.checkpoint import MANIFEST_NAME
-from blockexp.io.streaming import (
-    INDEX_FILE,
-    StreamingError,
-    can_stream,
-    parse_size,
-    read_safetensors_header,
-    stream_expand,
-)
+from blockexp.io.manifest import MANIFEST_NAME
+from blockexp.io.safetensors import INDEX_FILE, StreamingError, parse_size, read_safetensors_header
+from blockexp.io.streaming import can_stream, stream_expand
 from blockexp.io.tokenization import load_tokenizer
 from blockexp.layers import LayerSpec, Plan
 
@@ -106,7 +100,8 @@ def test_streaming_equals_in_memory(tiny_llama, tmp_path, dtype, tied, expander)
     manifest = stream_expand(base, streamed, expander, max_shard_size="40KB", chunk_bytes=1000)
     assert manifest["streamed"] is True
 
-    from blockexp.io.checkpoint import build_manifest, load_model
+    from blockexp.io.load import load_model
+    from blockexp.io.manifest import build_manifest
 
     model = load_model(str(base))
     n_base = sum(p.numel() for p in model.parameters())

@@ -46,7 +46,7 @@ from blockexp.evaluation.importance.measure import text_loss  # noqa: E402
 from blockexp.evaluation.lmeval.build import build_tasks  # noqa: E402
 from blockexp.evaluation.lmeval.harness import evaluate_model, headline_scores  # noqa: E402
 from blockexp.expanders import get_expander  # noqa: E402
-from blockexp.io.checkpoint import atomic_write  # noqa: E402
+from blockexp.io.outputs import atomic_write  # noqa: E402
 from blockexp.training.module import BlockExpansionModule  # noqa: E402
 from blockexp.training.timer import StepTimer
 

@@ -35,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from rich.console import Console
 from rich.table import Table
 
-from blockexp.io.checkpoint import atomic_write
+from blockexp.io.outputs import atomic_write
 
 __all__ = ["GeneralEval"]
 

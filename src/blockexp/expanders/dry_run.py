@@ -14,7 +14,7 @@ def plan_summary(base: str, expander: Expander, trust_remote_code: bool = False)
     import torch
     from transformers import AutoModelForCausalLM
 
-    from blockexp.io.checkpoint import load_config
+    from blockexp.io.load import load_config
 
     config = load_config(base, trust_remote_code=trust_remote_code)
     with torch.device("meta"):

@@ -14,7 +14,7 @@ was (:func:`base_record`), and resume and ``export`` refuse a base that differs
   of the tokenizer directory, so two swapped token ids are caught before an export carries them.
 
 This is an integrity check, not a signature: whoever can edit a checkpoint can edit its record
-too (docs/security.md). The frozen-weight fingerprint of :mod:`blockexp.training.loading` stays beside it:
+too (docs/security.md). The frozen-weight fingerprint of :mod:`blockexp.io.digests` stays beside it:
 it checks the weights as training loaded them, this checks the files they came from.
 """
 
@@ -76,7 +76,7 @@ def snapshot_dir(spec: Any) -> Path | None:
 
 def config_record(spec: Any, trust_remote_code: bool = False) -> dict[str, Any]:
     """The model-defining fields of the parsed config (JSON-normalised, sorted)."""
-    from blockexp.io.checkpoint import load_config
+    from blockexp.io.load import load_config
 
     data = load_config(spec, trust_remote_code=trust_remote_code).to_dict()
     kept = {k: v for k, v in data.items() if k not in HARMLESS_CONFIG_FIELDS}
@@ -100,7 +100,7 @@ def tensor_record(directory: Path) -> dict[str, str] | None:
     """``name -> "DTYPE|shape|sha256"`` of every tensor in the weight files of ``directory``
     (safetensors read as stored, byte ranges hashed on two threads; ``pytorch_model*.bin`` read
     with ``weights_only``), or ``None`` when it holds no weights."""
-    from blockexp.io.streaming import StreamingError, source_index
+    from blockexp.io.safetensors import StreamingError, source_index
 
     try:
         entries = source_index(directory)
@@ -128,7 +128,7 @@ def tensor_record(directory: Path) -> dict[str, str] | None:
         return None
     import torch
 
-    from blockexp.training.loading import tensor_digests
+    from blockexp.io.digests import tensor_digests
 
     out: dict[str, str] = {}
     for path in bins:
@@ -224,11 +224,11 @@ def check_base_record(
     tokenizer: str | None = None,
     where: str = "the checkpoint",
 ) -> None:
-    """Raise :class:`~blockexp.training.loading.IntegrityError` naming the first differences between the
+    """Raise :class:`~blockexp.io.digests.IntegrityError` naming the first differences between the
     base ``current`` and the record ``expected`` (a part missing on either side is not
     compared: an uncached hub id has no files to read, an explicit ``--tokenizer`` is the user's
     choice)."""
-    from blockexp.training.loading import IntegrityError
+    from blockexp.io.digests import IntegrityError
 
     fix = "Use the base it was trained on (--base for export, --model.base for resume)."
     parts = (

@@ -1,7 +1,7 @@
 """The files a command reads, which none of its outputs may equal, contain or lie inside.
 
 The command line declares its config files here (:func:`declare_inputs`, from
-:func:`blockexp.cli.main`); the output guard (:func:`blockexp.io.checkpoint.check_output_dir`) adds
+:func:`blockexp.cli.main`); the output guard (:func:`blockexp.io.outputs.check_output_dir`) adds
 them to the inputs each command passes it (base, checkpoint, tokenizer, data).
 """
 

@@ -13,7 +13,7 @@ between), so two processes cannot each lock a file of their own.
 What is locked:
 
 * ``expand`` and ``export`` outputs, while they are written (:func:`writing_output`, also taken
-  by :class:`~blockexp.io.checkpoint.atomic_output_dir`);
+  by :class:`~blockexp.io.outputs.atomic_output_dir`);
 * a ``fit`` run's directories, by global rank 0, for the whole fit (:func:`hold_run_dirs`):
   ``trainer.default_root_dir`` (unless it is the working directory, Lightning's default, whose
   logs are versioned), every checkpoint directory and ``model.export_dir``.

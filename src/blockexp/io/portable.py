@@ -76,6 +76,7 @@ __all__ = [
     "BLOCKEXP_FILES",
     "WEIGHT_SUFFIXES",
     "carry_base_files",
+    "copy_tokenizer_files",
     "finish_output",
     "is_tokenizer_file",
     "is_weight_file",
@@ -134,6 +135,21 @@ def is_tokenizer_file(name: str) -> bool:
         or name.startswith(_TOKENIZER_PREFIXES)
         or (name.endswith(".tiktoken"))
     )
+
+
+def copy_tokenizer_files(base: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """Copy the tokenizer files (:func:`is_tokenizer_file`) of the local directory ``base`` into
+    ``dest``; returns the names copied, sorted."""
+    base, dest = Path(base).expanduser(), Path(dest)
+    copied = []
+    for entry in sorted(base.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        if name.startswith(".") or is_weight_file(name) or not is_tokenizer_file(name):
+            continue
+        if entry.is_file():
+            shutil.copy2(entry, dest / name)
+            copied.append(name)
+    return copied
 
 
 def local_dir(spec: Any) -> Path | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 __all__ = ["TEMPORARY", "clean_stale_outputs", "clean_stale_temporaries", "pid_alive"]
 
-#: ``.<name>.<kind>-<pid>-<ns>``: what :class:`~blockexp.io.checkpoint.atomic_output_dir` and
+#: ``.<name>.<kind>-<pid>-<ns>``: what :class:`~blockexp.io.outputs.atomic_output_dir` and
 #: :class:`~blockexp.training.checkpoint_io.AtomicCheckpointIO` write beside their outputs.
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>[0-9]+)-[0-9]+$")
 

@@ -17,7 +17,8 @@ with the model:
    tensor names are parsed with :meth:`~blockexp.layers.ArchSpec.split_layer_key`, never by
    substring), and the output shards are laid out up front (their headers are known before any
    data is read).
-3. Each output tensor is produced in chunks: ``base``/``copy`` tensors are copied byte for byte
+3. Each output tensor is produced in chunks (:func:`~blockexp.io.safetensors.write_shards`):
+   ``base``/``copy`` tensors are copied byte for byte
    (``os.copy_file_range`` when the kernel offers it), residual writers of identity blocks
    (:meth:`~blockexp.layers.ArchSpec.is_residual_writer_param`) are zeros (skipped over, so they
    become sparse regions where the file system supports it), and ``mean``
@@ -30,7 +31,7 @@ count towards the process's resident memory. The output is a standard Hugging Fa
 shards named ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json`` (or one
 ``model.safetensors``), ``config.json``, ``blockexp_manifest.json`` and the base's other files
 (tokenizer, ``generation_config.json``, chat template, README, ...: :mod:`blockexp.io.portable`),
-written inside :class:`~blockexp.io.checkpoint.atomic_output_dir`.
+written inside :class:`~blockexp.io.outputs.atomic_output_dir`.
 
 Tied embeddings: when the config ties the LM head to the token embedding, only the embedding is
 stored (as ``save_pretrained`` does); an ``lm_head.weight`` present in the base is dropped.
@@ -48,14 +49,27 @@ import copy
 import json
 import math
 import os
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from blockexp.io.checkpoint import atomic_output_dir, manifest_dict, write_manifest
+from blockexp.io.manifest import manifest_dict, write_manifest
+from blockexp.io.outputs import atomic_output_dir
+from blockexp.io.safetensors import (
+    DEFAULT_CHUNK_BYTES,
+    DTYPES,
+    INDEX_FILE,
+    SINGLE_FILE,
+    OutputTensor,
+    SafetensorsEntry,
+    StreamingError,
+    parse_size,
+    source_index,
+    target_dtype,
+    write_shards,
+)
 from blockexp.layers import (
     Plan,
     TrainOptions,
@@ -81,159 +95,7 @@ class Expander(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
-__all__ = [
-    "SafetensorsEntry",
-    "StreamingError",
-    "TOKENIZER_FILES",
-    "can_stream",
-    "parse_size",
-    "plan_summary",
-    "read_safetensors_header",
-    "source_index",
-    "stream_expand",
-    "write_expanded",
-]
-
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-DEFAULT_CHUNK_BYTES = 4 * 2**20
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
-
-
-class _DType(NamedTuple):
-    """A safetensors dtype as far as streaming needs it without torch: torch is imported only
-    to convert data (``mean`` tensors, ``--dtype`` casts); copied and zero tensors need sizes."""
-
-    torch_name: str
-    itemsize: int
-    is_floating_point: bool
-
-    def __str__(self) -> str:  # as a torch dtype prints: ``torch.bfloat16``
-        return f"torch.{self.torch_name}"
-
-    def to_torch(self) -> torch.dtype:
-        import torch
-
-        return getattr(torch, self.torch_name)
-
-
-# safetensors dtype names <-> torch dtypes (by name).
-_DTYPES: dict[str, _DType] = {
-    "F64": _DType("float64", 8, True),
-    "F32": _DType("float32", 4, True),
-    "F16": _DType("float16", 2, True),
-    "BF16": _DType("bfloat16", 2, True),
-    "I64": _DType("int64", 8, False),
-    "I32": _DType("int32", 4, False),
-    "I16": _DType("int16", 2, False),
-    "I8": _DType("int8", 1, False),
-    "U8": _DType("uint8", 1, False),
-    "BOOL": _DType("bool", 1, False),
-}
-_NAMES = {v: k for k, v in _DTYPES.items()}
-_BY_TORCH_NAME = {v.torch_name: v for v in _DTYPES.values()}
-
-
-class StreamingError(ValueError):
-    """The base checkpoint cannot be expanded by streaming."""
-
-
-@dataclass(frozen=True)
-class SafetensorsEntry:
-    """Where one tensor lives in a safetensors file.
-
-    Attributes:
-        file: path of the ``.safetensors`` file.
-        dtype: safetensors dtype name (``BF16``, ``F32``, ...).
-        shape: tensor shape.
-        start: absolute byte offset of the tensor data in ``file``.
-        nbytes: size of the data in bytes.
-    """
-
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    nbytes: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-def parse_size(size: str | int) -> int:
-    """``"5GB"``, ``"500MB"``, ``"2GiB"`` or an int -> bytes (GB = 10**9, GiB = 2**30)."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", str(size).upper())
-    if match is None:
-        raise ValueError(f"Cannot parse size '{size}'; use e.g. 5GB, 500MB or a byte count.")
-    number, unit, suffix = match.groups()
-    base = 1024 if suffix == "IB" else 1000
-    return int(float(number) * base ** " KMGT".index(unit or " "))
-
-
-def read_safetensors_header(path: str | os.PathLike) -> dict[str, SafetensorsEntry]:
-    """Parse the header of one ``.safetensors`` file (no tensor data is read)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise StreamingError(f"{path} is not a safetensors file (shorter than 8 bytes).")
-        n = int.from_bytes(raw, "little")
-        if n > 100 * 2**20:
-            raise StreamingError(f"{path}: implausible safetensors header size {n}.")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise StreamingError(f"{path}: corrupt safetensors header: {err}") from err
-    data_start = 8 + n
-    entries = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise StreamingError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}.")
-        begin, end = info["data_offsets"]
-        entries[name] = SafetensorsEntry(
-            path, info["dtype"], tuple(info["shape"]), data_start + begin, end - begin
-        )
-    return entries
-
-
-def source_index(base_dir: str | os.PathLike) -> dict[str, SafetensorsEntry]:
-    """All tensors of a Hugging Face checkpoint directory (single file or sharded with index)."""
-    base_dir = Path(base_dir)
-    index_path = base_dir / INDEX_FILE
-    if index_path.is_file():
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-        entries: dict[str, SafetensorsEntry] = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (base_dir / shard).is_file():
-                raise StreamingError(f"{index_path} names {shard}, which does not exist.")
-            entries.update(read_safetensors_header(base_dir / shard))
-        missing = sorted(set(weight_map) - set(entries))
-        if missing:
-            raise StreamingError(f"{index_path}: tensors missing from their shards: {missing[:5]}")
-        return entries
-    if (base_dir / SINGLE_FILE).is_file():
-        return read_safetensors_header(base_dir / SINGLE_FILE)
-    raise StreamingError(
-        f"{base_dir} has neither {SINGLE_FILE} nor {INDEX_FILE}; streaming expansion needs "
-        "safetensors weights (convert .bin checkpoints with save_pretrained first)."
-    )
+__all__ = ["can_stream", "plan_summary", "stream_expand", "write_expanded"]
 
 
 def _read_config(base: str | os.PathLike) -> SimpleNamespace:
@@ -276,52 +138,21 @@ def can_stream(expander: Expander, base: str | os.PathLike) -> str | None:
     return None
 
 
-@dataclass
-class _Output:
-    """One output tensor: its name, dtype and how it is produced."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    sources: list[SafetensorsEntry]
-    op: str  # copy | zero | mean
-    offset: int = 0
-
-    @property
-    def nbytes(self) -> int:
-        n = _DTYPES[self.dtype].itemsize
-        for d in self.shape:
-            n *= d
-        return n
-
-
-@dataclass
-class _Shard:
-    tensors: list[_Output] = field(default_factory=list)
-    size: int = 0
-
-
-def _target_dtype(entry: SafetensorsEntry, dtype: torch.dtype | _DType | None) -> str:
-    if dtype is None or not _DTYPES[entry.dtype].is_floating_point:
-        return entry.dtype
-    return _NAMES[_BY_TORCH_NAME[str(dtype).removeprefix("torch.")]]
-
-
 def _build_outputs(
     entries: dict[str, SafetensorsEntry],
     plan: Plan,
     arch,
     drop: set[str],
     dtype: torch.dtype | None,
-) -> list[_Output]:
+) -> list[OutputTensor]:
     by_layer: dict[int, dict[str, SafetensorsEntry]] = {}
-    outputs: list[_Output] = []
+    outputs: list[OutputTensor] = []
     for name, entry in entries.items():
         parsed = arch.split_layer_key(name)
         if parsed is None:
             if name not in drop:
                 outputs.append(
-                    _Output(name, _target_dtype(entry, dtype), entry.shape, [entry], "copy")
+                    OutputTensor(name, target_dtype(entry, dtype), entry.shape, [entry], "copy")
                 )
             continue
         by_layer.setdefault(parsed[0], {})[parsed[1]] = entry
@@ -338,7 +169,7 @@ def _build_outputs(
             sources = [entry]
             if spec.zero_out and arch.is_residual_writer_param(rest):
                 op = "zero"
-            elif spec.init == "mean" and _DTYPES[entry.dtype].is_floating_point:
+            elif spec.init == "mean" and DTYPES[entry.dtype].is_floating_point:
                 op = "mean"
                 try:
                     sources = [by_layer[i][rest] for i in spec.source]
@@ -347,125 +178,8 @@ def _build_outputs(
                 if len({(s.dtype, s.shape) for s in sources}) != 1:
                     raise StreamingError(f"Cannot average '{rest}': its shapes or dtypes differ.")
             name = f"{arch.layer_prefix}{spec.index}.{rest}"
-            outputs.append(_Output(name, _target_dtype(entry, dtype), entry.shape, sources, op))
+            outputs.append(OutputTensor(name, target_dtype(entry, dtype), entry.shape, sources, op))
     return outputs
-
-
-def _shard(outputs: list[_Output], max_shard_bytes: int) -> list[_Shard]:
-    shards: list[_Shard] = [_Shard()]
-    for out in outputs:
-        if shards[-1].tensors and shards[-1].size + out.nbytes > max_shard_bytes:
-            shards.append(_Shard())
-        shards[-1].tensors.append(out)
-        shards[-1].size += out.nbytes
-    return shards
-
-
-def _header(shard: _Shard) -> bytes:
-    # Like safetensors itself: larger dtypes first (keeps every tensor aligned), then by name.
-    shard.tensors.sort(key=lambda o: (-_DTYPES[o.dtype].itemsize, o.name))
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for out in shard.tensors:
-        out.offset = offset
-        header[out.name] = {
-            "dtype": out.dtype,
-            "shape": list(out.shape),
-            "data_offsets": [offset, offset + out.nbytes],
-        }
-        offset += out.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
-
-
-class _Reader:
-    """Open-file cache for the base shards (plain reads, no mmap)."""
-
-    def __init__(self) -> None:
-        self.files: dict[Path, Any] = {}
-
-    def fd(self, path: Path) -> int:
-        if path not in self.files:
-            self.files[path] = open(path, "rb", buffering=0)  # noqa: SIM115
-        return self.files[path].fileno()
-
-    def read(self, entry: SafetensorsEntry, offset: int, n: int) -> bytes:
-        data = os.pread(self.fd(entry.file), n, entry.start + offset)
-        if len(data) != n:
-            raise StreamingError(_truncated(entry.file))
-        return data
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-
-def _write_tensor(out: _Output, dst, reader: _Reader, chunk_bytes: int) -> None:
-    src_dtype = _DTYPES[out.sources[0].dtype]
-    dst_dtype = _DTYPES[out.dtype]
-    numel = out.sources[0].numel
-    if out.op == "zero":
-        # Skip ahead instead of writing: the gap reads as zeros (a sparse region on file systems
-        # that support it); the file is extended to its full size when the shard is closed.
-        dst.seek(out.nbytes, os.SEEK_CUR)
-        return
-    src = out.sources[0]
-    if out.op == "copy" and src_dtype == dst_dtype:
-        _copy_range(reader.fd(src.file), src.start, dst, src.nbytes, src.file)
-        return
-    import torch  # only here: averaging and casting convert the data
-
-    itemsize = src_dtype.itemsize
-    src_dtype, dst_dtype = src_dtype.to_torch(), dst_dtype.to_torch()
-    step = max(1, chunk_bytes // 4)  # elements per chunk (float32 accumulator)
-    for first in range(0, numel, step):
-        count = min(step, numel - first)
-        views = [
-            torch.frombuffer(
-                bytearray(reader.read(s, first * itemsize, count * itemsize)), dtype=src_dtype
-            )
-            for s in out.sources
-        ]
-        if out.op == "mean":
-            # Same operations as surgery.average_layers: fp32 sum in order, divide, cast back.
-            acc = views[0].to(torch.float32).clone()
-            for other in views[1:]:
-                acc += other.to(torch.float32)
-            result = (acc / len(views)).to(dst_dtype)
-        else:
-            result = views[0].to(dst_dtype)
-        dst.write(result.contiguous().view(torch.uint8).numpy().tobytes())
-
-
-def _truncated(path: Path) -> str:
-    return f"{path} is truncated or corrupted (it ends inside a tensor); re-download or re-save it."
-
-
-def _copy_range(src_fd: int, offset: int, dst, n: int, path: Path) -> None:
-    dst.flush()
-    end = dst.tell() + n
-    dst_fd = dst.fileno()
-    copy_range = getattr(os, "copy_file_range", None)
-    left = n
-    if copy_range is not None:
-        try:
-            while left:
-                done = copy_range(src_fd, dst_fd, left, offset + n - left)
-                if done == 0:
-                    raise StreamingError(_truncated(path))
-                left -= done
-            dst.seek(end, os.SEEK_SET)
-            return
-        except OSError:  # e.g. file systems that refuse it: fall back to plain reads
-            left = n
-            dst.seek(end - n, os.SEEK_SET)
-    while left:
-        data = os.pread(src_fd, min(left, DEFAULT_CHUNK_BYTES), offset + n - left)
-        if not data:
-            raise StreamingError(_truncated(path))
-        dst.write(data)
-        left -= len(data)
 
 
 def _tied_drop(config: SimpleNamespace, arch, entries: dict[str, SafetensorsEntry]) -> set[str]:
@@ -489,7 +203,7 @@ class _Streamed:
     plan: Plan
     entries: dict[str, SafetensorsEntry]
     drop: set[str]
-    outputs: list[_Output]
+    outputs: list[OutputTensor]
 
     @property
     def base_params(self) -> int:
@@ -582,7 +296,7 @@ def write_expanded(
     Returns:
         The manifest (also written to ``dest/blockexp_manifest.json``).
     """
-    from blockexp.io.checkpoint import resolve_dtype
+    from blockexp.io.load import resolve_dtype
 
     base = str(Path(base).expanduser())
     dest = Path(dest)
@@ -593,39 +307,14 @@ def write_expanded(
     # manifest come from config.json and the safetensors headers alone.
     prep = _prepare(base, expander, target)
     config, arch, plan, outputs = prep.config, prep.arch, prep.plan, prep.outputs
-    shards = _shard(outputs, parse_size(max_shard_size))
-    total = sum(s.size for s in shards)
-    names = (
-        [SINGLE_FILE]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
-    reader = _Reader()
-    done = 0
-    weight_map: dict[str, str] = {}
-    try:
-        for shard, fname in zip(shards, names, strict=True):
-            with open(dest / fname, "wb") as dst:
-                dst.write(_header(shard))
-                for out in shard.tensors:
-                    _write_tensor(out, dst, reader, chunk_bytes)
-                    weight_map[out.name] = fname
-                    done += out.nbytes
-                    if progress is not None:
-                        progress(done, total)
-                dst.truncate(dst.tell())  # materialise trailing zero tensors
-    finally:
-        reader.close()
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (dest / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    write_shards(outputs, dest, parse_size(max_shard_size), chunk_bytes, progress)
 
     out_config = copy.deepcopy(config)
     arch.update_config(out_config, plan)
     out_dtype = target
     if out_dtype is None:
-        float_dtypes = {o.dtype for o in outputs if _DTYPES[o.dtype].is_floating_point}
-        out_dtype = _DTYPES[float_dtypes.pop()] if len(float_dtypes) == 1 else None
+        float_dtypes = {o.dtype for o in outputs if DTYPES[o.dtype].is_floating_point}
+        out_dtype = DTYPES[float_dtypes.pop()] if len(float_dtypes) == 1 else None
     if out_dtype is not None:
         out_config.dtype = str(out_dtype).removeprefix("torch.")
         if hasattr(out_config, "torch_dtype"):  # older configs name the field torch_dtype
@@ -680,15 +369,3 @@ def stream_expand(
         # and configs that transformers 4.x reads as 5.x does (blockexp.io.portable).
         finish_output(tmp, base)
     return manifest
-
-
-def copy_tokenizer_files(base: Path, dest: Path) -> list[str]:
-    """Copy the tokenizer files of a local base directory; returns the names copied."""
-    import shutil
-
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (base / name).is_file():
-            shutil.copy2(base / name, dest / name)
-            copied.append(name)
-    return copied

@@ -36,7 +36,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from rich.console import Console
 
-from blockexp.io.checkpoint import WEIGHTS_FORMATS
+from blockexp.io.save import WEIGHTS_FORMATS
 from blockexp.trace import report
 from blockexp.trace.data import TRACEDataModule
 from blockexp.trace.matrix import backward_transfer, overall_performance

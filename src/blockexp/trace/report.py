@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.table import Table
 
-from blockexp.io.checkpoint import atomic_write
+from blockexp.io.outputs import atomic_write
 from blockexp.trace.matrix import backward_transfer, overall_performance
 
 if TYPE_CHECKING:

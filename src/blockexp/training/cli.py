@@ -143,7 +143,7 @@ class BlockexpCLI(LightningCLI):
         stored = state.get("hyper_parameters", {}).get("base")
         configured = self.config[self.config.subcommand].get("model", {}).get("base")
         if stored is not None and stored != configured:
-            from blockexp.io.checkpoint import describe_spec
+            from blockexp.io.load import describe_spec
 
             print(
                 f"Note: {ckpt_path} was trained on base {describe_spec(stored)!r}; resuming with "

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from blockexp.expanders import Expander
-from blockexp.io.streaming import copy_tokenizer_files
+from blockexp.io.portable import copy_tokenizer_files
 
 __all__ = [
     "CheckpointError",
@@ -72,13 +72,9 @@ def expand_in_memory(
         The manifest, plus ``tokenizer_files`` (the tokenizer files written) and ``base_files``
         (the local base's files carried over).
     """
-    from blockexp.io.checkpoint import (
-        atomic_output_dir,
-        build_manifest,
-        load_config,
-        load_model,
-        write_manifest,
-    )
+    from blockexp.io.load import load_config, load_model
+    from blockexp.io.manifest import build_manifest, write_manifest
+    from blockexp.io.outputs import atomic_output_dir
     from blockexp.layers import get_arch
 
     step = step or (lambda description: None)
@@ -205,13 +201,9 @@ def rebuild_from_checkpoint(
         tensor_record,
         tokenizer_record,
     )
-    from blockexp.io.checkpoint import _config_from_dict, describe_spec
-    from blockexp.training.loading import (
-        IntegrityError,
-        check_fingerprint,
-        load_expanded,
-        verify_checkpoint,
-    )
+    from blockexp.io.digests import IntegrityError, check_fingerprint, verify_checkpoint
+    from blockexp.io.load import _config_from_dict, describe_spec
+    from blockexp.training.loading import load_expanded
 
     info = state["blockexp"]
     verify_checkpoint(state, str(name), allow_unverified, UNVERIFIED_FLAG)
@@ -301,8 +293,8 @@ def export_checkpoint(
         allow_unverified: accept a checkpoint that records no checksums (one written by another
             tool); its weights must still be finite.
     """
-    from blockexp.io.checkpoint import check_output_dir
     from blockexp.io.locks import clean_beside, writing_output
+    from blockexp.io.outputs import check_output_dir
 
     clean_beside(out)  # what dead writers left beside the output goes first, whatever follows
     path = Path(ckpt).expanduser()
@@ -325,8 +317,8 @@ def export_checkpoint(
 
 def _save_export(state, model, out, protect, spec, used, overwrite) -> Path:
     """Write the rebuilt model of an export with its tokenizer, manifest and the base's files."""
-    from blockexp.io.checkpoint import save_pretrained_atomic
     from blockexp.io.portable import same_source
+    from blockexp.io.save import save_pretrained_atomic
     from blockexp.io.tokenization import load_tokenizer
     from blockexp.training.loading import export_dtype
 

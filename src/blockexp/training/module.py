@@ -1,7 +1,7 @@
 """The LightningModule that trains an expanded model.
 
 What to load comes from :mod:`blockexp.training.loading`; how to write it out from
-:mod:`blockexp.io.checkpoint`.
+:mod:`blockexp.io.save`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import torch
 
 from blockexp.data.collate import IGNORE_INDEX
 from blockexp.expanders import Expander, build_expander
-from blockexp.io.checkpoint import build_manifest, describe_spec, save_pretrained_atomic
+from blockexp.io import digests
+from blockexp.io.load import describe_spec
+from blockexp.io.manifest import build_manifest
+from blockexp.io.save import save_pretrained_atomic
 from blockexp.training import loading
 from blockexp.training.attention import uses_flash_attention
 from blockexp.training.schedules import cosine_schedule, cosine_with_warmup
@@ -192,7 +195,7 @@ class BlockExpansionModule(L.LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
-        from blockexp.io.checkpoint import load_config
+        from blockexp.io.load import load_config
         from blockexp.training.attention import select_attn_implementation
 
         attn = hp.attn_implementation
@@ -215,7 +218,7 @@ class BlockExpansionModule(L.LightningModule):
         self.expansion = expansion
         self.model = expansion.model
         if not hp.get("save_frozen", False):  # before sharding: plain tensors, no collectives
-            self._frozen_digest = loading.frozen_fingerprint(model, expansion.trainable)
+            self._frozen_digest = digests.frozen_fingerprint(model, expansion.trainable)
         from blockexp.io.base_record import base_record
 
         # The base whole (config, weight files, tokenizer files): recorded in every checkpoint,
@@ -411,8 +414,8 @@ class BlockExpansionModule(L.LightningModule):
     def _check_export_target(self, trainer, datamodule=None) -> None:
         """Refuse, before anything runs, an export target that the end of the run may not write,
         and a run directory inside (or equal to) an input."""
-        from blockexp.io.checkpoint import check_output_dir
         from blockexp.io.inputs import check_outside_inputs
+        from blockexp.io.outputs import check_output_dir
 
         inputs = [p for p in self._inputs(trainer, datamodule) if isinstance(p, str | Path)]
         for folder in self._run_dirs(trainer):
@@ -439,7 +442,7 @@ class BlockExpansionModule(L.LightningModule):
                 sorted(p.name for p in folder.glob("*.ckpt")) if folder and folder.is_dir() else []
             )
             if found:
-                from blockexp.io.checkpoint import OutputExistsError
+                from blockexp.io.inputs import OutputExistsError
 
                 raise OutputExistsError(
                     f"{folder} already holds checkpoints of an earlier run ({', '.join(found[:3])}). "
@@ -575,7 +578,7 @@ class BlockExpansionModule(L.LightningModule):
                 del state[key]
             info["frozen_fingerprint"] = self._frozen_digest
         # A checksum of every stored tensor: resume and export refuse a corrupted file.
-        info["stored_digest"] = loading.tensor_digests(
+        info["stored_digest"] = digests.tensor_digests(
             {k: v for k, v in state.items() if k.startswith("model.")}
         )
         checkpoint["blockexp"] = info
@@ -586,7 +589,7 @@ class BlockExpansionModule(L.LightningModule):
         allow = bool(self.hparams.get("allow_unverified_checkpoint", False))
         flag = "--model.allow_unverified_checkpoint true"
         if state is not None:
-            loading.verify_checkpoint(checkpoint, "the checkpoint", allow, flag)
+            digests.verify_checkpoint(checkpoint, "the checkpoint", allow, flag)
         record = info.get("base_record")
         if record is not None:
             from blockexp.io.base_record import check_base_record
@@ -595,7 +598,7 @@ class BlockExpansionModule(L.LightningModule):
                 record, self._base_record, describe_spec(self.hparams.base), self.hparams.tokenizer
             )
         elif not allow:
-            raise loading.IntegrityError(
+            raise digests.IntegrityError(
                 "the checkpoint records nothing of its base's config, files and tokenizer, so the "
                 f"base cannot be checked whole; pass {flag} to resume from it unchecked."
             )
@@ -614,7 +617,7 @@ class BlockExpansionModule(L.LightningModule):
                 f"The checkpoint lacks {len(missing)} trainable parameters (e.g. {missing[:3]}); "
                 "was it written with another expander?"
             )
-        loading.check_fingerprint(
+        digests.check_fingerprint(
             self.model,
             expected,
             describe_spec(self.hparams.base),
@@ -636,7 +639,7 @@ class BlockExpansionModule(L.LightningModule):
 
         ``weights_format``: ``safetensors`` or ``pytorch_bin`` (one ``pytorch_model.bin``, as
         TRACE's inference scripts read). ``state_dict``: the full weights, already gathered
-        from an FSDP2-sharded model (:func:`blockexp.io.checkpoint.full_state_dict`).
+        from an FSDP2-sharded model (:func:`blockexp.io.save.full_state_dict`).
         """
         from blockexp.io.portable import same_source
         from blockexp.io.tokenization import load_tokenizer
@@ -682,7 +685,7 @@ class BlockExpansionModule(L.LightningModule):
         self._gathered = None
         hp = dict(self.hparams)
         expansion, _, _ = loading.load_expanded(hp, build_expander(self.expander.config()))
-        loading.check_fingerprint(
+        digests.check_fingerprint(
             expansion.model, self._frozen_digest, describe_spec(self.hparams.base)
         )
         unexpected = expansion.model.load_state_dict(trained, strict=False).unexpected_keys
@@ -706,7 +709,7 @@ class BlockExpansionModule(L.LightningModule):
     def on_fit_end(self) -> None:
         if not self.hparams.export_dir:
             return
-        from blockexp.io.checkpoint import full_state_dict
+        from blockexp.io.save import full_state_dict
         from blockexp.training.quantize import is_quantised_policy
 
         # Under FSDP2 every rank takes part in gathering the full weights (a collective); rank 0

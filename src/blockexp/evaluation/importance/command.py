@@ -20,7 +20,7 @@ from blockexp.evaluation.importance.inputs import (
 from blockexp.evaluation.importance.measure import evaluate, layer_angular_distances
 from blockexp.evaluation.importance.report import plot_importance, write_csv
 from blockexp.evaluation.importance.surgery import insertion_plan, removal_plan, temporary_plan
-from blockexp.io.checkpoint import atomic_write
+from blockexp.io.outputs import atomic_write
 
 __all__ = ["importance"]
 
@@ -67,7 +67,7 @@ def importance(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from blockexp.io.checkpoint import load_model
+    from blockexp.io.load import load_model
     from blockexp.io.inputs import check_outside_inputs
     from blockexp.io.tokenization import load_tokenizer
     from blockexp.layers.arch import get_arch

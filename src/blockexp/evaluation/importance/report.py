@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from blockexp.io.checkpoint import atomic_write
+from blockexp.io.outputs import atomic_write
 
 __all__ = ["plot_importance", "write_csv"]
 

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from blockexp.io.checkpoint import atomic_write
+from blockexp.io.outputs import atomic_write
 
 __all__ = [
     "KINDS",

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blockexp.io.checkpoint import atomic_write
+from blockexp.io.outputs import atomic_write
 
 __all__ = ["run_eval", "load_for_eval", "default_out_dir", "print_results", "eval_view"]
 
