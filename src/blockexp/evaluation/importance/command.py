@@ -67,8 +67,8 @@ def importance(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from blockexp.io.load import load_model
     from blockexp.io.inputs import check_outside_inputs
+    from blockexp.io.load import load_model
     from blockexp.io.tokenization import load_tokenizer
     from blockexp.layers.arch import get_arch
 
