@@ -1,19 +1,23 @@
 """Every shipped config: recipes compose from their pieces and run one ``fast_dev_run`` step on
-the CPU; every piece combines with a recipe; the composition rules give clear errors."""
+the CPU, and print the config they printed before composing by group; every piece combines with a
+recipe; ``group=option`` swaps a piece; the composition rules give clear errors."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from blockexp.cli import main
-from blockexp.training.cli import BlockexpCLI, expand_config_defaults
+from blockexp.errors import UsageError
+from blockexp.training.cli import BlockexpCLI
+from blockexp.training.compose import GROUPS, compose_args, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-PIECE_DIRS = ("model", "expander", "data", "trainer", "strategy")
+PIECE_DIRS = GROUPS
 #: configs/eval/ holds evaluation presets for `blockexp eval --preset` (tests/test_lmeval.py)
 RECIPES = sorted(
     p
@@ -27,27 +31,10 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(REPO))
 
 
-def _merged(config: Path) -> dict:
-    """The recipe's pieces and its own file merged (later files win), as the CLI applies them."""
-    merged: dict = {}
-
-    def merge(into: dict, new: dict) -> None:
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-
-    args = expand_config_defaults(["--config", str(config)])
-    for path in args[1::2][: args.count("--config")]:
-        merge(merged, yaml.safe_load(Path(path).read_text()) or {})
-    return merged
-
-
 def _smoke_args(config: Path, tmp_path: Path) -> list[str]:
     """Overrides that let a recipe for GPUs, hub models or the released TRACE data run one step
     here: a tiny random base of the same depth, the CPU, stand-in TRACE data, outputs in tmp."""
-    merged = _merged(config)
+    merged = compose_config(config)  # the pieces and the recipe merged, as the CLI does
     args = ["--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)]
     model = merged.get("model", {})
     if not isinstance(model.get("base"), dict):  # a hub id: a tiny Llama with as many layers
@@ -113,26 +100,263 @@ def test_every_piece_combines_with_a_recipe(piece, monkeypatch):
     assert exit_info.value.code in (0, None)
 
 
-def test_composition_errors_are_clear(tmp_path):
-    missing = tmp_path / "missing.yaml"
-    missing.write_text("defaults:\n  - nowhere.yaml\n")
-    with pytest.raises(
-        FileNotFoundError, match=r"missing.yaml lists the default config 'nowhere.yaml'"
-    ):
-        expand_config_defaults(["--config", str(missing)])
-    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    a.write_text("defaults: [b.yaml]\n")
-    b.write_text("defaults: [a.yaml]\n")
-    with pytest.raises(ValueError, match="cycle"):
-        expand_config_defaults(["--config", str(a)])
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("defaults: quickstart.yaml\n")
-    with pytest.raises(ValueError, match="must be a list"):
-        expand_config_defaults(["--config", str(bad)])
-    # Without defaults nothing changes; with them, pieces come first and the result names none.
-    plain = ["fit", "--config", str(CONFIGS / "model" / "tiny_llama.yaml"), "--x", "1"]
-    assert expand_config_defaults(plain) == plain
-    expanded = expand_config_defaults(["--config", str(CONFIGS / "quickstart.yaml")])
-    assert expanded[-2:] == ["--defaults", "null"]
-    assert expanded[1].endswith("configs/model/tiny_llama.yaml")
-    assert expanded[-3].endswith("configs/quickstart.yaml")
+# ----------------------------------------------------------------- the printed config
+#: tests/data/print_config/<name>.yaml: `fit ARGS --print_config` before configs composed by group
+#: (the old `defaults:` expander), class paths as moved by Architecture v2 step 1
+PRINTED = {
+    "configs_quickstart": ["--config", "configs/quickstart.yaml"],
+    "configs_trace_llama_pro": ["--config", "configs/trace/llama_pro.yaml"],
+    "configs_trace_lora": ["--config", "configs/trace/lora.yaml"],
+    "configs_trace_full_finetune": ["--config", "configs/trace/full_finetune.yaml"],
+    "configs_trace_micro": ["--config", "configs/trace/micro.yaml"],
+    "configs_llama_pro_llama2_7b_cpt": ["--config", "configs/llama_pro/llama2_7b_cpt.yaml"],
+    "configs_slayer_llama2_7b_cpt": ["--config", "configs/slayer/llama2_7b_cpt.yaml"],
+    "configs_slayer_mistral_7b_cpt": ["--config", "configs/slayer/mistral_7b_cpt.yaml"],
+    "configs_strategy_ddp": ["--config", "configs/quickstart.yaml", "--config", "configs/strategy/ddp.yaml"],
+    "configs_strategy_fsdp": ["--config", "configs/quickstart.yaml", "--config", "configs/strategy/fsdp.yaml"],
+    # the same, with the strategy chosen as a group
+    "configs_strategy_ddp (strategy=ddp)": ["--config", "configs/quickstart.yaml", "strategy=ddp"],
+    "configs_strategy_fsdp (strategy=fsdp)": ["--config", "configs/quickstart.yaml", "strategy=fsdp"],
+}  # fmt: skip
+
+
+def _normal(printed: str) -> str:
+    """``printed`` without the Lightning version line and with the plugin that does not serialise
+    on one line, its address masked."""
+    text = re.sub(r"\A# lightning\.pytorch==\S+\n", "", printed)
+
+    def unwrap(match: re.Match) -> str:
+        return re.sub(r"0x[0-9a-f]+", "0x...", " ".join(match.group(0).split()))
+
+    return re.sub(r"Unable to serialize instance <[^>]*>", unwrap, text)
+
+
+def _printed(args: list[str], capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # --print_config parses, prints and exits 0
+        BlockexpCLI(args=["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", PRINTED)
+def test_print_config_is_unchanged(name, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    expected = (REPO / "tests/data/print_config" / f"{name.split()[0]}.yaml").read_text()
+    assert _normal(_printed(PRINTED[name], capsys)) == _normal(expected)
+
+
+# ------------------------------------------------------------------------ group overrides
+def test_group_override_swaps_a_piece(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    trace = CONFIGS / "trace"
+    # llama_pro.yaml with LoRA is lora.yaml but for its learning rate and output directory
+    swapped = compose_config(trace / "llama_pro.yaml", {"expander": "lora"})
+    lora = compose_config(trace / "lora.yaml")
+    for config in (swapped, lora):
+        config["model"].pop("lr")
+        config["trainer"].pop("default_root_dir")
+        config["trainer"]["logger"]["init_args"].pop("save_dir")
+        config["trainer"]["callbacks"][0]["init_args"].pop("dirpath")
+    assert swapped == lora
+    # nested: the Mistral recipe builds on the Llama-2 one, whose data the override replaces
+    mistral = compose_config(CONFIGS / "slayer/mistral_7b_cpt.yaml", {"model": "tiny_llama"})
+    assert mistral["model"]["base"]["model_type"] == "llama"
+    assert mistral["model"]["export_dir"] == "outputs/slayer/mistral_7b/model"
+    # on the command line, anywhere after the command; the printed config has LoRA's options
+    out = _printed(["expander=lora", "--config", str(trace / "llama_pro.yaml")], capsys)
+    printed = yaml.safe_load(out)
+    assert printed["model"]["expander"]["class_path"] == "blockexp.expanders.LoRA"
+    assert printed["model"]["expander"]["init_args"]["r"] == 8
+    assert printed["trainer"]["default_root_dir"] == "outputs/trace/llama_pro"
+
+
+def test_interpolations_write_an_output_directory_once():
+    quickstart = compose_config(CONFIGS / "quickstart.yaml")
+    trainer = quickstart["trainer"]
+    assert trainer["default_root_dir"] == "outputs/quickstart"
+    assert trainer["logger"]["init_args"]["save_dir"] == "outputs/quickstart"
+    assert trainer["callbacks"][0]["init_args"]["dirpath"] == "outputs/quickstart/checkpoints"
+    assert quickstart["model"]["export_dir"] == "outputs/quickstart/model"
+    for recipe in RECIPES:  # each recipe names its output directory once
+        lines = [line.split("#")[0] for line in recipe.read_text().splitlines()]
+        assert "".join(lines).count("outputs/") == 1, recipe
+
+
+def test_command_line_composition_keeps_other_arguments(tmp_path):
+    plain = ["fit", "--config", str(CONFIGS / "model" / "tiny_llama.yaml"), "--x", "a=b"]
+    assert compose_args(plain) == (plain, plain)  # no defaults, no interpolation: untouched
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "expander=lora", "--y", "1"]
+    parsed, sources = compose_args(args)
+    assert parsed[:2] == ["fit", "--config"] and parsed[3:] == ["--y", "1"]
+    assert yaml.safe_load(parsed[2])["model"]["expander"]["class_path"].endswith("LoRA")
+    # error messages read the files merged, in order (a key set in a piece names the piece)
+    assert sources[-2:] == ["--y", "1"]
+    files = [Path(f).relative_to(REPO).as_posix() for f in sources[2:-2:2]]
+    assert files == [
+        "configs/model/tiny_llama.yaml",
+        "configs/expander/lora.yaml",
+        "configs/data/quickstart.yaml",
+        "configs/trainer/cpu.yaml",
+        "configs/quickstart.yaml",
+    ]
+    inline, _ = compose_args([f"--config={CONFIGS / 'quickstart.yaml'}"])
+    assert inline[0].startswith("--config=") and "defaults" not in yaml.safe_load(inline[0][9:])
+
+
+# ------------------------------------------------------------------------------- errors
+def _fails(tmp_path: Path, files: dict[str, str], args: list[str], *parts: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UsageError) as info:
+        compose_args(args)
+    message = str(info.value)
+    assert "\n" not in message
+    for part in parts:
+        assert part in message, (part, message)
+
+
+def test_unknown_group_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    quickstart = str(CONFIGS / "quickstart.yaml")
+    _fails(
+        tmp_path,
+        {},
+        ["--config", quickstart, "expandr=lora"],
+        "unknown config group 'expandr'",
+        "did you mean expander?",
+        "groups: data, expander, model, strategy, trainer",
+    )
+    _fails(
+        tmp_path,
+        {"r.yaml": "defaults:\n  - optim: adamw\n"},
+        ["--config", str(tmp_path / "r.yaml")],
+        "r.yaml: unknown config group 'optim' in `defaults`",
+        "groups: data, expander",
+    )
+    # after an option, `name=value` is that option's value
+    assert compose_args(["--config", quickstart, "--x", "expandr=lora"])[0][-1] == "expandr=lora"
+
+
+def test_unknown_option_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    quickstart = str(CONFIGS / "quickstart.yaml")
+    _fails(
+        tmp_path,
+        {},
+        ["--config", quickstart, "expander=lorra"],
+        "expander=lorra: no config 'lorra' in group 'expander'",
+        "did you mean lora?",
+        "options in configs/expander/: full_finetune, llama_pro, lora, slayer",
+    )
+    _fails(
+        tmp_path,
+        {"r.yaml": "defaults:\n  - model: tiny\n"},
+        ["--config", str(tmp_path / "r.yaml")],
+        "r.yaml (defaults: model: tiny): no config 'tiny' in group 'model'",
+        "tiny_llama",
+    )
+    # a group with no folder, and overrides without a config that names groups
+    monkeypatch.chdir(tmp_path)
+    _fails(
+        tmp_path,
+        {"s.yaml": "defaults:\n  - strategy: ddp\n"},
+        ["--config", str(tmp_path / "s.yaml")],
+        "no strategy/ folder above",
+    )
+    _fails(
+        tmp_path,
+        {"p.yaml": "trainer: {max_steps: 1}\n"},
+        ["--config", "p.yaml", "model=tiny_llama"],
+        "model=tiny_llama: no --config names config groups",
+    )
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    _fails(
+        tmp_path,
+        {"missing.yaml": "defaults:\n  - nowhere.yaml\n"},
+        ["--config", str(tmp_path / "missing.yaml")],
+        "missing.yaml lists the default config 'nowhere.yaml', which does not exist",
+    )
+
+
+def test_cycle_is_a_clear_error(tmp_path):
+    _fails(
+        tmp_path,
+        {"a.yaml": "defaults: [b.yaml]\n", "b.yaml": "defaults: [a.yaml]\n"},
+        ["--config", str(tmp_path / "a.yaml")],
+        "config defaults form a cycle:",
+        "a.yaml -> ",
+        "b.yaml -> ",
+    )
+    # a group file that builds on itself
+    _fails(
+        tmp_path,
+        {"model/x.yaml": "defaults:\n  - model: x\n", "r.yaml": "defaults: [{model: x}]\n"},
+        ["--config", str(tmp_path / "r.yaml")],
+        "cycle",
+        "x.yaml -> ",
+    )
+
+
+def test_malformed_yaml_is_a_clear_error(tmp_path):
+    _fails(
+        tmp_path,
+        {"bad.yaml": "trainer:\n  max_steps: [1\n"},
+        ["--config", str(tmp_path / "bad.yaml")],
+        "bad.yaml:",
+        "invalid YAML",
+    )
+    _fails(
+        tmp_path,
+        {"piece.yaml": "model: {a: 1\n", "r.yaml": "defaults: [piece.yaml]\n"},
+        ["--config", str(tmp_path / "r.yaml")],
+        "piece.yaml:",
+        "invalid YAML",
+    )
+    _fails(
+        tmp_path,
+        {"list.yaml": "- a\n- b\n", "r2.yaml": "defaults: [list.yaml]\n"},
+        ["--config", str(tmp_path / "r2.yaml")],
+        "list.yaml: a config file holds keys",
+    )
+    _fails(
+        tmp_path,
+        {"d.yaml": "defaults: quickstart.yaml\n"},
+        ["--config", str(tmp_path / "d.yaml")],
+        "d.yaml: `defaults` must be a list",
+    )
+    _fails(
+        tmp_path,
+        {"e.yaml": "defaults:\n  - [1, 2]\n"},
+        ["--config", str(tmp_path / "e.yaml")],
+        "e.yaml: each `defaults` entry is `group: option`",
+    )
+    _fails(
+        tmp_path,
+        {"i.yaml": "trainer:\n  default_root_dir: ${run_dir}/x\n"},
+        ["--config", str(tmp_path / "i.yaml")],
+        "i.yaml: an interpolation does not resolve",
+        "run_dir",
+    )
+
+
+def test_errors_reach_the_command_line_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/trace/llama_pro.yaml", "expander=lorra"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: expander=lorra: no config 'lorra' in group 'expander'")
+    # an unknown key in a piece names the piece, as before
+    piece = tmp_path / "model" / "typo.yaml"
+    piece.parent.mkdir()
+    piece.write_text("model:\n  lrr: 1.0\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"defaults:\n  - {CONFIGS / 'quickstart.yaml'}\n  - model: typo\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(recipe)])
+    line = capsys.readouterr().err.splitlines()[0]
+    assert "'model.lrr'" in line and str(piece) in line, line

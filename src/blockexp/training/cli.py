@@ -2,102 +2,34 @@
 
 Kept apart from :mod:`blockexp.cli` so that the offline commands (``plan``, ``expand``, ...) and
 ``--help`` start without importing Lightning; :mod:`blockexp.cli` imports this module only for a
-training command (``blockexp.cli.BlockexpCLI`` and ``blockexp.cli.expand_config_defaults`` still
-work).
+training command. Config files compose (``defaults:`` lists, ``group=option`` overrides) in
+:mod:`blockexp.training.compose` before the parser reads them.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from argparse import ArgumentError
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from blockexp.errors import PARSER_KWARGS, UsageError, explain_usage
+from blockexp.training.compose import compose_args
 
-__all__ = ["BlockexpCLI", "expand_config_defaults"]
-
-
-def expand_config_defaults(argv: list[str]) -> list[str]:
-    """Compose configs: every ``--config FILE`` whose YAML has a ``defaults:`` list (paths
-    relative to FILE) becomes ``--config`` of each default (recursively, in order) followed by
-    ``--config FILE``, so FILE holds only its delta over the pieces it names. The merged result
-    gets ``defaults: null`` (a saved config is complete and names no pieces).
-
-    Raises:
-        FileNotFoundError: a default that does not exist, naming the config that lists it.
-        ValueError: a cycle, or a ``defaults`` entry that is not a list of paths.
-    """
-    import yaml
-
-    def chain(path: Path, stack: tuple[Path, ...]) -> list[str]:
-        resolved = path.expanduser().resolve()
-        if resolved in stack:
-            cycle = " -> ".join(str(p) for p in (*stack, resolved))
-            raise ValueError(f"config defaults form a cycle: {cycle}")
-        try:
-            data = yaml.safe_load(resolved.read_text()) if resolved.is_file() else None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ValueError(f"{where}: invalid YAML: {problem}") from err
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-        defaults = data.get("defaults") if isinstance(data, dict) else None
-        out: list[str] = []
-        if defaults is not None:
-            if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
-                raise ValueError(f"{path}: `defaults` must be a list of config file paths")
-            for entry in defaults:
-                piece = Path(os.path.normpath(resolved.parent / entry))
-                if not piece.is_file():
-                    raise FileNotFoundError(
-                        f"{path} lists the default config {entry!r}, which does not exist "
-                        f"(resolved to {piece})"
-                    )
-                out += chain(piece, (*stack, resolved))
-        return [*out, "--config", str(path)]
-
-    out: list[str] = []
-    composed = False
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
-        elif arg.startswith("--config="):
-            value, i = arg.split("=", 1)[1], i + 1
-        else:
-            out.append(arg)
-            i += 1
-            continue
-        pieces = chain(Path(value), ())
-        composed = composed or len(pieces) > 2
-        out += pieces
-    if composed:
-        out += ["--defaults", "null"]
-    return out
+__all__ = ["BlockexpCLI"]
 
 
 class BlockexpCLI(LightningCLI):
     """LightningCLI with blockexp defaults: gradient clipping 1.0, the tokenizer given once (in
     ``model``) and linked to the data module, validation before training, rich progress bar and
-    an end-of-fit summary table. Config files compose through ``defaults:`` lists
-    (:func:`expand_config_defaults`)."""
+    an end-of-fit summary table. Config files compose through ``defaults:`` lists and
+    ``group=option`` overrides (:func:`blockexp.training.compose.compose_args`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from blockexp.training.module import BlockExpansionModule
         from blockexp.training.summary import ExpansionSummary
-
-        if isinstance(kwargs.get("args"), list):
-            kwargs["args"] = expand_config_defaults(kwargs["args"])
-        elif kwargs.get("args") is None:  # the command line: LightningCLI reads sys.argv
-            sys.argv[1:] = expand_config_defaults(sys.argv[1:])
 
         kwargs.setdefault("model_class", BlockExpansionModule)
         kwargs.setdefault("subclass_mode_data", True)
@@ -116,11 +48,16 @@ class BlockexpCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
+        if args is not None and not isinstance(args, list | tuple):  # a dict or Namespace
+            return super().parse_arguments(parser, args)
+        # The command line (sys.argv stays as given: a DDP launcher re-runs it) or an in-process
+        # list, each composed config file given to the parser as its merged YAML text.
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        composed, sources = compose_args(argv)
         try:
-            super().parse_arguments(parser, args)
+            self.config = parser.parse_args(composed)
         except ArgumentError as err:
-            argv = args if isinstance(args, list) else sys.argv[1:] if args is None else []
-            raise UsageError(explain_usage(err, parser, [str(a) for a in argv])) from err
+            raise UsageError(explain_usage(err, parser, sources)) from err
 
     def _parse_ckpt_path(self) -> None:
         """Resume from ``--ckpt_path`` without taking settings from the checkpoint.
@@ -173,7 +110,9 @@ class BlockexpCLI(LightningCLI):
             "--defaults",
             type=list[str] | None,
             default=None,
-            help="config files this one builds on (paths relative to it), applied first",
+            help="what a config file builds on: `group: option` entries (configs/<group>/"
+            "<option>.yaml) or paths relative to it, applied first; `group=option` on the command "
+            "line swaps one (blockexp.training.compose)",
         )
         parser.set_defaults({"trainer.gradient_clip_val": 1.0})
         parser.link_arguments(
