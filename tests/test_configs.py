@@ -60,7 +60,7 @@ def _smoke_args(config: Path, tmp_path: Path) -> list[str]:
     if merged.get("trainer", {}).get("accelerator") == "gpu":
         args += ["--config", str(CONFIGS / "trainer" / "cpu.yaml"), "--trainer.strategy", "auto"]
     if model.get("export_dir"):
-        args += ["--model.export_dir", str(tmp_path / "model")]
+        args += ["--model.output.export_dir", str(tmp_path / "model")]
     data = merged.get("data", {})
     root = data.get("init_args", {}).get("root")
     if data.get("class_path", "").endswith("TRACEDataModule") and not (REPO / root).is_dir():

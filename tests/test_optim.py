@@ -14,14 +14,13 @@ from blockexp.training.settings import Optim
 from tests.conftest import RandomBlocks, tiny_llama_dict
 
 
-def _module(**kw) -> BlockExpansionModule:
+def _module(**optim) -> BlockExpansionModule:
     return BlockExpansionModule(
         base=tiny_llama_dict(4),
         expander=LlamaPro(num_groups=2),
         tokenizer="byte",
         validate_before_fit=False,
-        **kw,
-        optim=Optim(lr=1e-2),
+        optim=Optim(lr=1e-2, **optim),
     )
 
 

@@ -177,7 +177,7 @@ def test_export_keeps_the_base_files(tiny_llama, tmp_path, make_trainer):
     trainer.save_checkpoint(ckpt)
     main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exported")])
     _check_kept(base, tmp_path / "exported")
-    module.export(tmp_path / "fit_export")  # what fit's model.export_dir writes
+    module.export(tmp_path / "fit_export")  # what fit's model.output.export_dir writes
     _check_kept(base, tmp_path / "fit_export")
     # Another tokenizer: the base's tokenizer files (chat templates included) stay behind.
     main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "other"), "--tokenizer", "byte"])
