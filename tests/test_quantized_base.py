@@ -52,13 +52,12 @@ def base_dir(tmp_path_factory) -> Path:
     return _save_base(tmp_path_factory.mktemp("qbase") / "base")
 
 
-def _module(base, policy: str, expander=None, **kw) -> BlockExpansionModule:
+def _module(base, policy: str, expander=None) -> BlockExpansionModule:
     module = BlockExpansionModule(
         base=str(base),
         expander=expander or LlamaPro(num_groups=2),
         tokenizer="byte",
         validate_before_fit=False,
-        **kw,
         optim=Optim(lr=1e-3),
         compute=Compute(precision_policy=policy),
     )
@@ -129,18 +128,18 @@ def test_fit_resume_and_export_use_the_base_weights(base_dir, tmp_path, make_tra
     from blockexp.training.export import export_checkpoint
     from tests.conftest import RandomBlocks
 
-    def lean_int8(**kw) -> BlockExpansionModule:
+    def lean_int8(output: Output = Output()) -> BlockExpansionModule:  # noqa: B008
         return BlockExpansionModule(
             base=str(base_dir),
             expander=LlamaPro(num_groups=2),
             tokenizer="byte",
             validate_before_fit=False,
-            **kw,
             optim=Optim(lr=1e-2, optimizer_state="int8"),
             compute=Compute(precision_policy="lean-int8"),
+            output=output,
         )
 
-    module = lean_int8(export_dir=str(tmp_path / "export"))
+    module = lean_int8(Output(export_dir=str(tmp_path / "export")))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = make_trainer(tmp_path, 3, callbacks=[ckpt], enable_checkpointing=True)
     trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(seq_len=32), batch_size=2))

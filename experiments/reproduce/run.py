@@ -48,8 +48,8 @@ from blockexp.expanders import get_expander  # noqa: E402
 from blockexp.io.checkpoint import atomic_write  # noqa: E402
 from blockexp.training.module import BlockExpansionModule  # noqa: E402
 from blockexp.training.settings import Optim
-from blockexp.training.timer import StepTimer  # noqa: E402
-from blockexp.training.trainer import make_trainer  # noqa: E402
+from blockexp.training.timer import StepTimer
+from blockexp.training.trainer import make_trainer
 
 #: The base: 8 layers (room for SLayer's shallow half and for pruning), ~8.4M parameters.
 BASE_CONFIG: dict[str, Any] = {

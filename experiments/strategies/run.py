@@ -172,7 +172,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     writer = csv.DictWriter(buf, fieldnames=[c[0] for c in COLUMNS] + ["args"])
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(out / "results.csv", buf.getvalue().encode())
+    atomic_write(out / "results.csv", buf.getvalue())
 
     lines = [
         f"Tiny 8-layer Llama (hidden 64) pre-trained {args.base_steps} steps on the general "
@@ -185,7 +185,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     ]
     for row in rows:
         lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
-    atomic_write(out / "results.md", ("\n".join(lines) + "\n").encode())
+    atomic_write(out / "results.md", "\n".join(lines) + "\n")
 
     import matplotlib
 
