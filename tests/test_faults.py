@@ -550,7 +550,7 @@ def test_expand_and_fit_never_write_over_their_inputs(
     (data / MANIFEST_NAME).write_text("{}")
     shutil.copy(REPO / "data/quickstart/general.jsonl", data / "general.jsonl")
     config = data / "extra.yaml"
-    config.write_text("model:\n  lr: 0.001\n")
+    config.write_text("model:\n  optim:\n    lr: 0.001\n")
     before = _snapshot(base, data)
     sources = '[{"name": "g", "path": "%s"}]' % (data / "general.jsonl")
     cases = [

@@ -251,9 +251,8 @@ def test_fsdp2_world_size_one_fit_resume_export(tmp_path):
                 },
                 "model": {
                     "expander": {"init_args": {"num_groups": 2}},
-                    "precision_policy": "lean",
-                    "export_dir": "out/model",
-                    "export_overwrite": True,
+                    "compute": {"precision_policy": "lean"},
+                    "output": {"export_dir": "out/model", "export_overwrite": True},
                 },
             }
         )  # fmt: skip
