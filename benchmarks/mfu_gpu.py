@@ -179,10 +179,10 @@ def main() -> None:
     name = torch.cuda.get_device_name()
     peak = (args.peak_tflops or peak_bf16_tflops(name)) * 1e12
     model, params, info = build(args)
-    if args.compile:  # as BlockExpansionModule(compile_layers=True) does
-        from blockexp.training.module import BlockExpansionModule
+    if args.compile:  # as BlockExpansionModule(compute=Compute(compile_layers=True)) does
+        from blockexp.training.build import compile_layers
 
-        BlockExpansionModule._compile_layers(model)
+        compile_layers(model)
     from blockexp.data.packing import flatten_packed_batch, packed_position_ids
     from blockexp.training.attention import uses_flash_attention
 

@@ -144,7 +144,7 @@ def lightning_steps():
 def bare_steps():  # bare PyTorch: the same module's model, optimizer and schedule, no Trainer
     module.configure_model()
     module.to(device)
-    hp = module.hparams
+    hp = module.settings.optim
     params = [p for p in module.model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]; no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
@@ -189,38 +189,37 @@ print(json.dumps({"step": median_after_warmup(), "rounds": rounds, "baseline": b
 
 
 # -- the configurations ---------------------------------------------------------------------------
-# ``module``: BlockExpansionModule arguments; ``precision``/``clip``: the trainer's. The reference is
+# ``module``: BlockExpansionModule arguments (``compute``, ``optim``: their settings); ``precision``/``clip``: the trainer's. The reference is
 # the peer's layout; ``optimizer_in_backward`` cannot clip by global norm (refused), so its runs
 # have no clipping.
-PEER_LAYOUT = dict(module=dict(precision_policy="lean"), precision="32-true", clip=1.0)
-ALL_FP32 = dict(module=dict(precision_policy="full"), precision="bf16-mixed", clip=1.0)
+PEER_LAYOUT = dict(
+    module=dict(compute=dict(precision_policy="lean")), precision="32-true", clip=1.0
+)
+ALL_FP32 = dict(
+    module=dict(compute=dict(precision_policy="full")), precision="bf16-mixed", clip=1.0
+)
+INT8_STATE = dict(optimizer_state="int8")
+IN_BACKWARD = dict(optimizer_state="int8", optimizer_in_backward=True)
 
 
-def _opt_in(clip: float | None = 1.0, **module) -> dict:
-    return dict(module={"precision_policy": "lean", **module}, precision="32-true", clip=clip)
+def _opt_in(clip: float | None = 1.0, optim: dict | None = None, **compute) -> dict:
+    module = {"compute": {"precision_policy": "lean", **compute}, "optim": optim or {}}
+    return dict(module=module, precision="32-true", clip=clip)
 
 
 OPT_INS = {
     "lean-int8 (quantised base)": _opt_in(precision_policy="lean-int8"),
     "lean-nf4 (quantised base)": _opt_in(precision_policy="lean-nf4"),
-    "optimizer_state int8": _opt_in(optimizer_state="int8"),
-    "optimizer_in_backward": _opt_in(clip=None, optimizer_in_backward=True),
-    "lean-int8 + int8 state": _opt_in(precision_policy="lean-int8", optimizer_state="int8"),
-    "lean-nf4 + int8 state": _opt_in(precision_policy="lean-nf4", optimizer_state="int8"),
+    "optimizer_state int8": _opt_in(optim=INT8_STATE),
+    "optimizer_in_backward": _opt_in(clip=None, optim=dict(optimizer_in_backward=True)),
+    "lean-int8 + int8 state": _opt_in(precision_policy="lean-int8", optim=INT8_STATE),
+    "lean-nf4 + int8 state": _opt_in(precision_policy="lean-nf4", optim=INT8_STATE),
     "gradient_checkpointing": _opt_in(gradient_checkpointing=True),
     "lean-int8 + int8 + in-bwd + checkpointing": _opt_in(
-        clip=None,
-        precision_policy="lean-int8",
-        optimizer_state="int8",
-        optimizer_in_backward=True,
-        gradient_checkpointing=True,
+        clip=None, precision_policy="lean-int8", optim=IN_BACKWARD, gradient_checkpointing=True
     ),
     "lean-nf4 + int8 + in-bwd + checkpointing": _opt_in(
-        clip=None,
-        precision_policy="lean-nf4",
-        optimizer_state="int8",
-        optimizer_in_backward=True,
-        gradient_checkpointing=True,
+        clip=None, precision_policy="lean-nf4", optim=IN_BACKWARD, gradient_checkpointing=True
     ),
 }
 
@@ -392,8 +391,10 @@ base = dict(model_type="llama", vocab_size=259, hidden_size=256, intermediate_si
             num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4,
             max_position_embeddings=2048, bos_token_id=257, eos_token_id=258, pad_token_id=256,
             tie_word_embeddings=False)
+module_args = dict(cfg["module"])
+module_args["optim"] = {"lr": 2e-3, **module_args.get("optim", {})}
 module = BlockExpansionModule(base=base, expander=LlamaPro(num_groups=2), tokenizer="byte",
-                              lr=2e-3, validate_before_fit=False, **cfg["module"])
+                              validate_before_fit=False, **module_args)
 losses = []
 class Record(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

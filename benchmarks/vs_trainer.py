@@ -76,15 +76,15 @@ def _run_blockexp(cfg: dict, marks: list[float]) -> dict:
 
     from blockexp.expanders import LlamaPro
     from blockexp.training.module import BlockExpansionModule
+    from blockexp.training.settings import Compute
 
     lean = cfg["precision"] == "bf16"
     module = BlockExpansionModule(
         base=cfg["base_dir"],
         expander=LlamaPro(num_groups=cfg["groups"]),
         tokenizer="byte",  # no tokenizer runs; the CLI's data module is replaced by DataLoader
-        dtype="float32",
-        precision_policy="lean" if lean else "full",
         validate_before_fit=False,
+        compute=Compute(dtype="float32", precision_policy="lean" if lean else "full"),
     )
 
     class Marks(L.Callback):

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from blockexp.training.settings import Optim
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -151,23 +153,11 @@ class RandomBlocks(torch.utils.data.Dataset):
 
 
 def _make_trainer(tmp_path, steps: int, **kwargs):
-    import lightning as L
+    from blockexp.training.trainer import make_trainer
 
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-        default_root_dir=tmp_path,
+    return make_trainer(
+        **{"max_steps": steps, "limit_val_batches": 2, "default_root_dir": tmp_path, **kwargs}
     )
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
 
 
 def _make_module(**kwargs):
@@ -178,8 +168,8 @@ def _make_module(**kwargs):
         base=tiny_llama_dict(4),
         expander=LlamaPro(num_groups=2),
         tokenizer="byte",
-        lr=1e-2,
         **kwargs,
+        optim=Optim(lr=1e-2),
     )
 
 

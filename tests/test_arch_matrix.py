@@ -32,6 +32,7 @@ from blockexp.expanders import (
 from blockexp.expanders.dry_run import plan_summary
 from blockexp.io.streaming import stream_expand
 from blockexp.layers import get_arch, supported_model_types
+from blockexp.training.settings import Optim, Output
 from tests.conftest import ARCH_CONFIGS, MIXED_MOE_CONFIGS, make_arch_model
 
 EXPANDERS = {
@@ -232,8 +233,8 @@ def test_training_and_export_on_every_architecture(row, saved_bases, tmp_path, f
         base=str(base_dir),
         expander=LlamaPro(num_groups=2),
         tokenizer="byte",
-        lr=1e-2,
-        export_dir=str(tmp_path / "exported"),
+        optim=Optim(lr=1e-2),
+        output=Output(export_dir=str(tmp_path / "exported")),
     )
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}

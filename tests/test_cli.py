@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from blockexp.cli import main
 from blockexp.io.inputs import OutputExistsError
 from blockexp.io.manifest import MANIFEST_NAME
+from blockexp.training.settings import Output
+from blockexp.training.trainer import make_trainer
 from tests.conftest import tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,15 +263,12 @@ def _fit_from_dir(base_dir, root, steps, save_frozen, ckpt=None):
         cache_dir=str(root / "cache"),
     )
     module = BlockExpansionModule(
-        base=str(base_dir), expander=LlamaPro(num_groups=2), save_frozen=save_frozen
+        base=str(base_dir), expander=LlamaPro(num_groups=2), output=Output(save_frozen=save_frozen)
     )
-    trainer = L.Trainer(
+    trainer = make_trainer(
         max_steps=steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        gradient_clip_val=None,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
         default_root_dir=root,
         callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
     )

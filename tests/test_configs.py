@@ -46,8 +46,8 @@ def _smoke_args(config: Path, tmp_path: Path) -> list[str]:
         args += ["--config", str(piece)]
     if merged.get("trainer", {}).get("accelerator") == "gpu":
         args += ["--config", str(CONFIGS / "trainer" / "cpu.yaml"), "--trainer.strategy", "auto"]
-    if model.get("export_dir"):
-        args += ["--model.export_dir", str(tmp_path / "model")]
+    if model.get("output", {}).get("export_dir"):
+        args += ["--model.output.export_dir", str(tmp_path / "model")]
     data = merged.get("data", {})
     root = data.get("init_args", {}).get("root")
     if data.get("class_path", "").endswith("TRACEDataModule") and not (REPO / root).is_dir():

@@ -22,6 +22,8 @@ SCRIPT = textwrap.dedent(
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
     from blockexp.expanders import LlamaPro
     from blockexp.training.module import BlockExpansionModule
+    from blockexp.training.settings import Compute, Optim
+    from blockexp.training.trainer import make_trainer
     sys.path.insert(0, {repo!r})
     from tests.conftest import RandomBlocks, tiny_llama_dict
 
@@ -35,15 +37,15 @@ SCRIPT = textwrap.dedent(
         )
     strategy = make_strategy()
     module = BlockExpansionModule(base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2),
-                                  tokenizer="byte", lr=1e-2, precision_policy=policy)
+                                  tokenizer="byte", optim=Optim(lr=1e-2),
+                                  compute=Compute(precision_policy=policy))
     ref = BlockExpansionModule(base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2),
-                               tokenizer="byte", precision_policy=policy)
+                               tokenizer="byte", compute=Compute(precision_policy=policy))
     ref.configure_model()
     before = {{n: p.detach().clone() for n, p in ref.model.named_parameters()}}
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=out + "/ckpt", save_last=True)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=2,
-                        logger=False, callbacks=[ckpt_cb], enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=out)
+    trainer = make_trainer(devices=2, strategy=strategy, max_steps=2, gradient_clip_val=None,
+                           callbacks=[ckpt_cb], default_root_dir=out)
     trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=2))
     result = {{}}
     for name, p in module.model.named_parameters():
@@ -58,11 +60,11 @@ SCRIPT = textwrap.dedent(
     # checkpoints into the same directory (FSDP2 restores after setup: the run-directory check
     # must still see that this run resumes).
     resumed = BlockExpansionModule(base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2),
-                                   tokenizer="byte", lr=1e-2, precision_policy=policy)
+                                   tokenizer="byte", optim=Optim(lr=1e-2),
+                                   compute=Compute(precision_policy=policy))
     ckpt_cb2 = L.pytorch.callbacks.ModelCheckpoint(dirpath=out + "/ckpt", save_last=True)
-    trainer2 = L.Trainer(accelerator="cpu", devices=2, strategy=make_strategy(), max_steps=4,
-                         logger=False, callbacks=[ckpt_cb2], enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=out)
+    trainer2 = make_trainer(devices=2, strategy=make_strategy(), max_steps=4,
+                            gradient_clip_val=None, callbacks=[ckpt_cb2], default_root_dir=out)
     trainer2.fit(resumed, train_dataloaders=DataLoader(RandomBlocks(), batch_size=2),
                  ckpt_path=out + "/ckpt/last.ckpt")
     if trainer.is_global_zero:

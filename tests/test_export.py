@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -14,6 +13,8 @@ from blockexp.cli import main
 from blockexp.data.cpt import CPTDataModule, DataSource
 from blockexp.expanders import get_expander
 from blockexp.training.module import BlockExpansionModule
+from blockexp.training.settings import Optim, Output
+from blockexp.training.trainer import make_trainer
 from tests.conftest import random_ids, tiny_llama_dict
 
 
@@ -31,8 +32,8 @@ def test_fit_checkpoint_and_export_command(name, kwargs, corpus, tmp_path):
         base=tiny_llama_dict(2),
         expander=get_expander(name)(**kwargs),
         tokenizer="byte",
-        lr=1e-2,
-        export_dir=str(tmp_path / "exported"),
+        optim=Optim(lr=1e-2),
+        output=Output(export_dir=str(tmp_path / "exported")),
     )
     data = CPTDataModule(
         sources=[DataSource(name="c", path=str(corpus))],
@@ -41,14 +42,10 @@ def test_fit_checkpoint_and_export_command(name, kwargs, corpus, tmp_path):
         batch_size=4,
         cache_dir=str(tmp_path / "hf_cache"),
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = make_trainer(
         max_steps=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        gradient_clip_val=None,
         limit_val_batches=1,
-        num_sanity_val_steps=0,
         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
         default_root_dir=tmp_path,
     )

@@ -44,7 +44,7 @@ def _fit_args(base: Path, root: Path, steps: int, *extra: str) -> list[str]:
         str(REPO / "configs/quickstart.yaml"),
         "--model.base",
         str(base),
-        "--model.export_dir",
+        "--model.output.export_dir",
         "null",
         "--model.validate_before_fit",
         "false",
@@ -85,7 +85,7 @@ def _quick_fit(root: Path, *extra: str) -> list[str]:
         "false",
         "--trainer.callbacks",
         "[]",
-        "--model.export_dir",
+        "--model.output.export_dir",
         "null",
         "--trainer.default_root_dir",
         str(root),
@@ -550,7 +550,7 @@ def test_expand_and_fit_never_write_over_their_inputs(
     (data / MANIFEST_NAME).write_text("{}")
     shutil.copy(REPO / "data/quickstart/general.jsonl", data / "general.jsonl")
     config = data / "extra.yaml"
-    config.write_text("model:\n  lr: 0.001\n")
+    config.write_text("model:\n  optim:\n    lr: 0.001\n")
     before = _snapshot(base, data)
     sources = '[{"name": "g", "path": "%s"}]' % (data / "general.jsonl")
     cases = [
@@ -593,9 +593,9 @@ def test_expand_and_fit_never_write_over_their_inputs(
             1,
             "--data.init_args.sources",
             sources,
-            "--model.export_dir",
+            "--model.output.export_dir",
             str(data),
-            "--model.export_overwrite",
+            "--model.output.export_overwrite",
             "true",
         ),
         _fit_args(
@@ -604,9 +604,9 @@ def test_expand_and_fit_never_write_over_their_inputs(
             1,
             "--config",
             str(config),
-            "--model.export_dir",
+            "--model.output.export_dir",
             str(data),
-            "--model.export_overwrite",
+            "--model.output.export_overwrite",
             "true",
         ),
         _fit_args(base, base / "run", 1),
@@ -749,9 +749,9 @@ def test_exports_never_replace_what_a_user_made(tmp_path, monkeypatch, tiny_llam
                 tiny_llama_dir,
                 run,
                 1,
-                "--model.export_dir",
+                "--model.output.export_dir",
                 str(target),
-                "--model.export_overwrite",
+                "--model.output.export_overwrite",
                 "true",
             ),
         )
@@ -765,9 +765,9 @@ def test_exports_never_replace_what_a_user_made(tmp_path, monkeypatch, tiny_llam
             tiny_llama_dir,
             tmp_path / "run2",
             1,
-            "--model.export_dir",
+            "--model.output.export_dir",
             str(other),
-            "--model.export_overwrite",
+            "--model.output.export_overwrite",
             "true",
         ),
     )

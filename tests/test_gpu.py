@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from blockexp.training.attention import flash_attn_available
+from blockexp.training.settings import Compute, Optim
 from tests.conftest import RandomBlocks, make_arch_model, tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +43,9 @@ def _module(attn: str | None, policy: str = "lean", module_args: dict | None = N
         max_position_embeddings=512, **config,
     )  # fmt: skip
     module = BlockExpansionModule(
-        base=base, expander=LlamaPro(num_groups=2), tokenizer="byte", precision_policy=policy,
-        attn_implementation=attn, seed=0, validate_before_fit=False, **(module_args or {}),
+        base=base, expander=LlamaPro(num_groups=2), tokenizer="byte", seed=0,
+        validate_before_fit=False,
+        compute=Compute(precision_policy=policy, attn_implementation=attn, **(module_args or {})),
     )  # fmt: skip
     module.configure_model()
     with torch.no_grad():  # make every layer matter (random init leaves attention near uniform)
@@ -171,8 +173,8 @@ def test_precision_policies_train_on_cuda(tmp_path, policy, precision, make_trai
     from blockexp.training.module import BlockExpansionModule
 
     module = BlockExpansionModule(
-        base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2), tokenizer="byte", lr=1e-2,
-        precision_policy=policy, validate_before_fit=False,
+        base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2), tokenizer="byte",
+        validate_before_fit=False, optim=Optim(lr=1e-2), compute=Compute(precision_policy=policy),
     )  # fmt: skip
     dtypes: list[torch.dtype] = []
     devices: set[str] = set()
@@ -249,9 +251,8 @@ def test_fsdp2_world_size_one_fit_resume_export(tmp_path):
                 },
                 "model": {
                     "expander": {"init_args": {"num_groups": 2}},
-                    "precision_policy": "lean",
-                    "export_dir": "out/model",
-                    "export_overwrite": True,
+                    "compute": {"precision_policy": "lean"},
+                    "output": {"export_dir": "out/model", "export_overwrite": True},
                 },
             }
         )  # fmt: skip

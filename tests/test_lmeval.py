@@ -25,6 +25,7 @@ from blockexp.evaluation.lmeval.harness import (
     shipped_tasks,
 )
 from blockexp.evaluation.lmeval.tasks import TASKS_DIR, load_jsonl, process_next_line
+from blockexp.training.settings import Optim
 
 REPO = Path(__file__).resolve().parents[1]
 GENERAL = ["blockexp_cloze", "blockexp_choice", "blockexp_complete"]
@@ -238,7 +239,9 @@ def test_general_eval_before_after_as_exported(strategy, tiny_llama_dir, tmp_pat
 
     args = {"LlamaPro": {"num_groups": 2}, "LoRA": {"r": 4, "alpha": 8}, "MoEExpansion": {}}
     module = BlockExpansionModule(
-        base=str(tiny_llama_dir), expander=get_expander(strategy)(**args[strategy]), lr=5e-2
+        base=str(tiny_llama_dir),
+        expander=get_expander(strategy)(**args[strategy]),
+        optim=Optim(lr=5e-2),
     )
     callback = GeneralEval(tasks="blockexp_cloze,blockexp_choice", limit=4, batch_size=4)
     fit_module(module, tmp_path, steps=3, callbacks=[callback])

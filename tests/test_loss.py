@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from blockexp.training.loss import causal_lm_forward_loss, chunked_causal_lm_loss, loss_chunk_tokens
+from blockexp.training.settings import Compute
 
 
 def _labels(ids: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,7 @@ def test_module_loss_is_the_same_with_and_without_chunking(policy, make_module):
     batch["labels"] = _labels(batch["input_ids"])
     losses = []
     for chunked in (True, False):
-        module = make_module(precision_policy=policy, chunked_loss=chunked)
+        module = make_module(compute=Compute(precision_policy=policy, chunked_loss=chunked))
         module.configure_model()
         losses.append(module._loss(batch))
     # lean runs in bf16 autocast: the two paths round differently, within bf16 precision.
@@ -155,7 +156,7 @@ def test_trainer_autocast_is_kept_and_gradients_are_freed_after_each_step(
     tmp_path, policy, precision, dtype, make_module, fit_module
 ):
     probe = _Probe()
-    module = make_module(precision_policy=policy, validate_before_fit=False)
+    module = make_module(validate_before_fit=False, compute=Compute(precision_policy=policy))
     fit_module(module, tmp_path, precision=precision, callbacks=[probe])
     # bf16-mixed with the full policy really computes in bf16 (the module's own autocast
     # context used to switch the trainer's off).

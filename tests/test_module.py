@@ -14,6 +14,7 @@ from blockexp.expanders import LlamaPro
 from blockexp.io.inputs import OutputExistsError
 from blockexp.io.manifest import MANIFEST_NAME
 from blockexp.training.module import BlockExpansionModule, cosine_with_warmup
+from blockexp.training.settings import Optim, Output
 from tests.conftest import tiny_llama_dict
 
 
@@ -69,7 +70,7 @@ def test_optimizer_defaults_and_groups(corpus, tmp_path, make_trainer):
 
 def test_fused_adamw_takes_the_same_steps_as_the_loop(corpus, tmp_path, make_trainer):
     """Fused (default) and per-tensor AdamW train the same weights up to float rounding."""
-    from blockexp.training.module import fused_adamw_supported
+    from blockexp.training.adamw import fused_adamw_supported
 
     trained = []
     for fused in (None, False):
@@ -78,8 +79,7 @@ def test_fused_adamw_takes_the_same_steps_as_the_loop(corpus, tmp_path, make_tra
             base=tiny_llama_dict(4),
             expander=LlamaPro(num_groups=2),
             tokenizer="byte",
-            lr=1e-2,
-            fused_adamw=fused,
+            optim=Optim(lr=1e-2, fused_adamw=fused),
         )
         make_trainer(tmp_path / str(fused), steps=5).fit(module, datamodule=_data(corpus, tmp_path))
         assert bool(module.trainer.optimizers[0].defaults.get("fused")) is (fused is None)
@@ -97,8 +97,8 @@ def test_bf16_mixed_clips_with_fused_adamw(corpus, tmp_path, make_trainer):
     for fused in (None, False):
         torch.manual_seed(0)
         module = BlockExpansionModule(
-            base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2), tokenizer="byte", lr=1e-2,
-            fused_adamw=fused, validate_before_fit=False,
+            base=tiny_llama_dict(4), expander=LlamaPro(num_groups=2), tokenizer="byte",
+            validate_before_fit=False, optim=Optim(lr=1e-2, fused_adamw=fused),
         )  # fmt: skip
         trainer = make_trainer(
             tmp_path / str(fused), steps=3, precision="bf16-mixed", gradient_clip_val=0.01
@@ -124,7 +124,7 @@ def test_cosine_with_warmup_shape():
 def test_export_matches_trained_module_and_protects_outputs(
     corpus, tmp_path, make_trainer, make_module
 ):
-    module = make_module(export_dir=str(tmp_path / "exported"))
+    module = make_module(output=Output(export_dir=str(tmp_path / "exported")))
     make_trainer(tmp_path, steps=3).fit(module, datamodule=_data(corpus, tmp_path))
     out = tmp_path / "exported"
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
@@ -176,9 +176,7 @@ def test_int8_optimizer_state_trains_close_to_fp32_and_resumes(corpus, tmp_path,
             base=base,
             expander=LlamaPro(num_groups=2),
             tokenizer="byte",
-            lr=3e-3,
-            optimizer_state=state,
-            fused_adamw=False,
+            optim=Optim(lr=3e-3, optimizer_state=state, fused_adamw=False),
         )
 
     for state in ("fp32", "int8"):
@@ -216,4 +214,6 @@ def test_int8_optimizer_state_trains_close_to_fp32_and_resumes(corpus, tmp_path,
 
 def test_unknown_optimizer_state_is_refused():
     with pytest.raises(ValueError, match="optimizer_state must be 'fp32' or 'int8'"):
-        BlockExpansionModule(base=tiny_llama_dict(2), expander=LlamaPro(1), optimizer_state="q4")
+        BlockExpansionModule(
+            base=tiny_llama_dict(2), expander=LlamaPro(1), optim=Optim(optimizer_state="q4")
+        )

@@ -10,17 +10,17 @@ from blockexp.expanders import LlamaPro
 from blockexp.training.checkpoint_io import AtomicCheckpointIO
 from blockexp.training.module import BlockExpansionModule
 from blockexp.training.optim import OptimizerInBackward
+from blockexp.training.settings import Optim
 from tests.conftest import RandomBlocks, tiny_llama_dict
 
 
-def _module(**kw) -> BlockExpansionModule:
+def _module(**optim) -> BlockExpansionModule:
     return BlockExpansionModule(
         base=tiny_llama_dict(4),
         expander=LlamaPro(num_groups=2),
         tokenizer="byte",
-        lr=1e-2,
         validate_before_fit=False,
-        **kw,
+        optim=Optim(lr=1e-2, **optim),
     )
 
 

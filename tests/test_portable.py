@@ -24,6 +24,7 @@ from blockexp.io.portable import (
 )
 from blockexp.io.streaming import stream_expand
 from blockexp.io.tokenization import load_tokenizer
+from blockexp.training.settings import Optim
 from tests.conftest import ARCH_CONFIGS, RandomBlocks, make_arch_model, tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,14 +168,16 @@ def test_export_keeps_the_base_files(tiny_llama, tmp_path, make_trainer):
     from blockexp.training.module import BlockExpansionModule
 
     base = _make_base(tiny_llama(4), tmp_path / "base")
-    module = BlockExpansionModule(base=str(base), expander=LlamaPro(num_groups=2), lr=1e-2)
+    module = BlockExpansionModule(
+        base=str(base), expander=LlamaPro(num_groups=2), optim=Optim(lr=1e-2)
+    )
     trainer = make_trainer(tmp_path / "run", 1)
     trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=4))
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)
     main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exported")])
     _check_kept(base, tmp_path / "exported")
-    module.export(tmp_path / "fit_export")  # what fit's model.export_dir writes
+    module.export(tmp_path / "fit_export")  # what fit's model.output.export_dir writes
     _check_kept(base, tmp_path / "fit_export")
     # Another tokenizer: the base's tokenizer files (chat templates included) stay behind.
     main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "other"), "--tokenizer", "byte"])
@@ -415,7 +418,7 @@ def _build_compat_dirs(root: Path, version: str) -> dict[str, Path]:
     stream_expand(bf16, dirs["streamed_llama_bf16"], LlamaPro(num_groups=2))
     for name in ("llama", "llama3_tied"):
         module = BlockExpansionModule(
-            base=str(root / f"base_{name}"), expander=LlamaPro(num_groups=2), lr=1e-2
+            base=str(root / f"base_{name}"), expander=LlamaPro(num_groups=2), optim=Optim(lr=1e-2)
         )
         trainer = _make_trainer(root / f"run_{name}", 2)
         trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(), batch_size=4))

@@ -10,11 +10,12 @@ from blockexp.training.precision import (
     check_trainer_precision,
     parameter_bytes,
 )
+from blockexp.training.settings import Compute
 from tests.conftest import RandomBlocks
 
 
 def test_lean_policy_dtypes_and_training(tmp_path, make_module, fit_module):
-    module = make_module(precision_policy="lean")
+    module = make_module(compute=Compute(precision_policy="lean"))
     module.configure_model()
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert trainable == set(module.expansion.trainable) and trainable
@@ -37,7 +38,7 @@ def test_lean_policy_dtypes_and_training(tmp_path, make_module, fit_module):
 
 
 def test_lean_halves_frozen_bytes(make_module):
-    full, lean = make_module(), make_module(precision_policy="lean")
+    full, lean = make_module(), make_module(compute=Compute(precision_policy="lean"))
     full.configure_model()
     lean.configure_model()
     a, b = parameter_bytes(full.model), parameter_bytes(lean.model)
@@ -45,7 +46,7 @@ def test_lean_halves_frozen_bytes(make_module):
 
 
 def test_lean_loss_close_to_full_precision(make_module):
-    full, lean = make_module(), make_module(precision_policy="lean")
+    full, lean = make_module(), make_module(compute=Compute(precision_policy="lean"))
     full.configure_model()
     lean.configure_model()
     batch = RandomBlocks(n=2)[0]
@@ -57,7 +58,12 @@ def test_lean_loss_close_to_full_precision(make_module):
 
 def test_lean_refuses_true_half_precision(tmp_path, make_module, fit_module):
     with pytest.raises(ValueError, match="32-true"):
-        fit_module(make_module(precision_policy="lean"), tmp_path, steps=1, precision="bf16-true")
+        fit_module(
+            make_module(compute=Compute(precision_policy="lean")),
+            tmp_path,
+            steps=1,
+            precision="bf16-true",
+        )
     check_trainer_precision("lean", "32-true")
     check_trainer_precision("lean", "bf16-mixed")
     check_trainer_precision("full", "bf16-true")
@@ -69,7 +75,7 @@ def test_gradient_checkpointing_behind_frozen_prefix(make_module):
     # LlamaPro(2) on 4 layers: layers 0, 1 frozen below the first trainable block (index 2).
     grads = {}
     for ckpt in (False, True):
-        module = make_module(gradient_checkpointing=ckpt)
+        module = make_module(compute=Compute(gradient_checkpointing=ckpt))
         module.configure_model()
         module.model.train()
         flag = getattr(module.model, "is_activation_checkpointing", None)
@@ -95,7 +101,7 @@ def test_lean_export_is_one_dtype_and_reloads(tmp_path, make_module, fit_module)
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    module = make_module(precision_policy="lean")
+    module = make_module(compute=Compute(precision_policy="lean"))
     fit_module(module, tmp_path)
     out = module.export(tmp_path / "exported")
     with safe_open(str(out / "model.safetensors"), "pt") as f:

@@ -22,6 +22,7 @@ from blockexp.expanders import (
 )
 from blockexp.training.module import BlockExpansionModule  # noqa: E402
 from blockexp.training.quantize import quantise_frozen_linears, quantised_parameters  # noqa: E402
+from blockexp.training.settings import Compute, Optim, Output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,15 +52,14 @@ def base_dir(tmp_path_factory) -> Path:
     return _save_base(tmp_path_factory.mktemp("qbase") / "base")
 
 
-def _module(base, policy: str, expander=None, **kw) -> BlockExpansionModule:
+def _module(base, policy: str, expander=None) -> BlockExpansionModule:
     module = BlockExpansionModule(
         base=str(base),
         expander=expander or LlamaPro(num_groups=2),
         tokenizer="byte",
-        lr=1e-3,
-        precision_policy=policy,
         validate_before_fit=False,
-        **kw,
+        optim=Optim(lr=1e-3),
+        compute=Compute(precision_policy=policy),
     )
     module.configure_model()
     return module
@@ -128,19 +128,18 @@ def test_fit_resume_and_export_use_the_base_weights(base_dir, tmp_path, make_tra
     from blockexp.training.export import export_checkpoint
     from tests.conftest import RandomBlocks
 
-    def lean_int8(**kw) -> BlockExpansionModule:
+    def lean_int8(output: Output = Output()) -> BlockExpansionModule:  # noqa: B008
         return BlockExpansionModule(
             base=str(base_dir),
             expander=LlamaPro(num_groups=2),
             tokenizer="byte",
-            lr=1e-2,
-            precision_policy="lean-int8",
-            optimizer_state="int8",
             validate_before_fit=False,
-            **kw,
+            optim=Optim(lr=1e-2, optimizer_state="int8"),
+            compute=Compute(precision_policy="lean-int8"),
+            output=output,
         )
 
-    module = lean_int8(export_dir=str(tmp_path / "export"))
+    module = lean_int8(Output(export_dir=str(tmp_path / "export")))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = make_trainer(tmp_path, 3, callbacks=[ckpt], enable_checkpointing=True)
     trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(seq_len=32), batch_size=2))
@@ -185,10 +184,15 @@ def test_fit_resume_and_export_use_the_base_weights(base_dir, tmp_path, make_tra
 def test_bad_settings_are_refused_early(base_dir):
     with pytest.raises(ValueError, match="save_frozen"):
         BlockExpansionModule(
-            base=str(base_dir), expander=LlamaPro(2), precision_policy="lean-int8", save_frozen=True
+            base=str(base_dir),
+            expander=LlamaPro(2),
+            compute=Compute(precision_policy="lean-int8"),
+            output=Output(save_frozen=True),
         )
     with pytest.raises(ValueError, match="lean-int8"):
-        BlockExpansionModule(base=str(base_dir), expander=LlamaPro(2), precision_policy="int8")
+        BlockExpansionModule(
+            base=str(base_dir), expander=LlamaPro(2), compute=Compute(precision_policy="int8")
+        )
     with pytest.raises(ValueError, match="'nf8'"):
         quantise_frozen_linears(torch.nn.Linear(2, 2), "nf8")
 
@@ -197,25 +201,26 @@ FSDP_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import torch
-    import lightning as L
     from torch.utils.data import DataLoader
     from lightning.pytorch.strategies import ModelParallelStrategy
     from safetensors.torch import load_file
     from blockexp.expanders import LlamaPro
     from blockexp.training.module import BlockExpansionModule
+    from blockexp.training.settings import Compute, Optim, Output
+    from blockexp.training.trainer import make_trainer
     sys.path.insert(0, {repo!r})
     from tests.conftest import RandomBlocks
 
     base, policy, out = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
     module = BlockExpansionModule(base=base, expander=LlamaPro(num_groups=2), tokenizer="byte",
-                                  lr=1e-2, precision_policy=policy, validate_before_fit=False,
-                                  export_dir=out + "/export")
+                                  validate_before_fit=False, optim=Optim(lr=1e-2),
+                                  compute=Compute(precision_policy=policy),
+                                  output=Output(export_dir=out + "/export"))
     strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
                                      save_distributed_checkpoint=False)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=3,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=out)
+    trainer = make_trainer(devices=2, strategy=strategy, max_steps=3, gradient_clip_val=None,
+                           default_root_dir=out)
     trainer.fit(module, train_dataloaders=DataLoader(RandomBlocks(seq_len=32), batch_size=2))
     kinds = {{}}
     for name, p in module.model.named_parameters():

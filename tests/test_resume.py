@@ -12,6 +12,7 @@ from blockexp.data.cpt import CPTDataModule, DataSource
 from blockexp.data.loader import EpochSampler, ResumableDataLoader
 from blockexp.expanders import LlamaPro
 from blockexp.training.module import BlockExpansionModule
+from blockexp.training.trainer import make_trainer
 from tests.conftest import tiny_llama_dict
 
 
@@ -39,14 +40,11 @@ def _fit(corpus_path, root, steps, ckpt=None) -> list[str]:
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=root / "ckpt", save_last=True, every_n_train_steps=1, save_top_k=0
     )
-    trainer = L.Trainer(
+    trainer = make_trainer(
         max_steps=steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        gradient_clip_val=None,
         callbacks=[record, checkpoint],
         limit_val_batches=0,
-        num_sanity_val_steps=0,
         default_root_dir=root,
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)

@@ -31,6 +31,8 @@ from blockexp.trace.text import TRACE_TASK_METRICS, build_metric
 from blockexp.training.cli import BlockexpCLI
 from blockexp.training.module import BlockExpansionModule
 from blockexp.training.schedules import constant_with_warmup
+from blockexp.training.settings import Optim
+from blockexp.training.trainer import make_trainer
 from tests.conftest import tiny_llama_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,7 +256,9 @@ def _run(root, out, protocol, ckpt=None, warmup_steps=0, **callback):
         warmup_steps=warmup_steps,
     )
     module = BlockExpansionModule(
-        base=tiny_llama_dict(2), expander=LlamaPro(num_groups=1), lr=1e-3, weight_decay=0.1
+        base=tiny_llama_dict(2),
+        expander=LlamaPro(num_groups=1),
+        optim=Optim(lr=1e-3, weight_decay=0.1),
     )
     watch = _Watch()
     trace = TRACECallback(output_dir=str(out / "trace"), **callback)
@@ -262,13 +266,10 @@ def _run(root, out, protocol, ckpt=None, warmup_steps=0, **callback):
     per_step = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out / "steps", save_top_k=-1, every_n_train_steps=1
     )
-    trainer = L.Trainer(
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = make_trainer(
+        gradient_clip_val=None,
         callbacks=[watch, trace, per_epoch, per_step],
         limit_val_batches=0,
-        num_sanity_val_steps=0,
         default_root_dir=out,
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)

@@ -48,7 +48,9 @@ from blockexp.evaluation.lmeval.harness import evaluate_model, headline_scores  
 from blockexp.expanders import get_expander  # noqa: E402
 from blockexp.io.outputs import atomic_write  # noqa: E402
 from blockexp.training.module import BlockExpansionModule  # noqa: E402
+from blockexp.training.settings import Optim
 from blockexp.training.timer import StepTimer
+from blockexp.training.trainer import make_trainer
 
 #: The base: 8 layers (room for SLayer's shallow half and for pruning), ~8.4M parameters.
 BASE_CONFIG: dict[str, Any] = {
@@ -79,18 +81,9 @@ STRATEGIES: list[tuple[str, str, dict[str, Any] | None]] = [
 
 
 def _trainer(args, steps: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
+    return make_trainer(
         max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
-        gradient_clip_val=1.0,
         callbacks=list(callbacks),
         default_root_dir=str(args.out / "lightning"),
     )
@@ -166,7 +159,10 @@ def pretrain_base(args, tokenizer: Path) -> Path:
     LlamaForCausalLM(config).save_pretrained(init)
     tok.save_pretrained(init)
     module = BlockExpansionModule(
-        base=str(init), expander=get_expander("FullFineTune")(), lr=args.base_lr, seed=0
+        base=str(init),
+        expander=get_expander("FullFineTune")(),
+        seed=0,
+        optim=Optim(lr=args.base_lr),
     )
     data = _data(args.corpus / "general_train.jsonl", tokenizer, args)
     start = time.perf_counter()
@@ -200,7 +196,9 @@ def train_strategy(args, label: str, cls: str, kwargs: dict, base: Path, tokeniz
         return out
     L.seed_everything(0, workers=True)
     expander = get_expander(cls)(**kwargs)
-    module = BlockExpansionModule(base=str(base), expander=expander, lr=args.lr, seed=0)
+    module = BlockExpansionModule(
+        base=str(base), expander=expander, seed=0, optim=Optim(lr=args.lr)
+    )
     module.configure_model()
     timer = StepTimer()
     data = _data(args.corpus / "code_train.jsonl", tokenizer, args)
@@ -272,7 +270,10 @@ def time_steps(args, strategies, base: Path, tokenizer: Path) -> dict[str, float
     for _ in range(args.timing_rounds):
         for label, cls, kwargs in strategies:
             module = BlockExpansionModule(
-                base=str(base), expander=get_expander(cls)(**kwargs), lr=args.lr, seed=0
+                base=str(base),
+                expander=get_expander(cls)(**kwargs),
+                seed=0,
+                optim=Optim(lr=args.lr),
             )
             module.configure_model()
             timer = StepTimer(skip=3)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,8 +30,11 @@ import torch
 
 from blockexp.data.cpt import CPTDataModule, DataSource
 from blockexp.expanders import FullFineTune, expander_names, get_expander
+from blockexp.io.outputs import atomic_write
 from blockexp.training.module import BlockExpansionModule
+from blockexp.training.settings import Optim
 from blockexp.training.timer import StepTimer
+from blockexp.training.trainer import make_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 GENERAL = REPO / "data/quickstart/general.jsonl"
@@ -80,19 +82,10 @@ def _data(path: Path, name: str, args: argparse.Namespace) -> CPTDataModule:
 
 
 def _trainer(args: argparse.Namespace, steps: int = 0, callbacks: list | None = None) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
+    return make_trainer(
         max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         # validation only through _val_loss (a separate trainer), never during fit
         limit_val_batches=0 if steps else args.val_batches,
-        gradient_clip_val=1.0,
         callbacks=callbacks or [],
         default_root_dir=str(Path(args.out) / "lightning"),
     )
@@ -106,7 +99,11 @@ def pretrain_base(args: argparse.Namespace, general: CPTDataModule) -> Path:
     """Train every weight of a random tiny Llama on the general corpus; export it."""
     out = Path(args.out) / "base"
     module = BlockExpansionModule(
-        base=BASE_CONFIG, expander=FullFineTune(), tokenizer="byte", lr=args.base_lr, seed=0
+        base=BASE_CONFIG,
+        expander=FullFineTune(),
+        tokenizer="byte",
+        seed=0,
+        optim=Optim(lr=args.base_lr),
     )
     trainer = _trainer(args, args.base_steps)
     trainer.fit(module, datamodule=general)
@@ -125,7 +122,9 @@ def run_strategy(
     """Train one strategy from the base on the domain corpus and measure it."""
     L.seed_everything(0, workers=True)
     expander = get_expander(name)(**STRATEGY_ARGS.get(name, {}))
-    module = BlockExpansionModule(base=str(base), expander=expander, tokenizer="byte", lr=args.lr)
+    module = BlockExpansionModule(
+        base=str(base), expander=expander, tokenizer="byte", optim=Optim(lr=args.lr)
+    )
     module.configure_model()
     row: dict[str, Any] = {"strategy": name, "args": repr(expander)}
     row["general_before"] = _val_loss(module, general, args)
@@ -167,19 +166,13 @@ COLUMNS = [
 ]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     out = Path(args.out)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[c[0] for c in COLUMNS] + ["args"])
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(out / "results.csv", buf.getvalue().encode())
+    atomic_write(out / "results.csv", buf.getvalue())
 
     lines = [
         f"Tiny 8-layer Llama (hidden 64) pre-trained {args.base_steps} steps on the general "
@@ -192,7 +185,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     ]
     for row in rows:
         lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
-    _write_atomic(out / "results.md", ("\n".join(lines) + "\n").encode())
+    atomic_write(out / "results.md", "\n".join(lines) + "\n")
 
     import matplotlib
 
@@ -220,7 +213,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     buf_png = io.BytesIO()
     fig.savefig(buf_png, format="png", dpi=120)
     plt.close(fig)
-    _write_atomic(out / "results.png", buf_png.getvalue())
+    atomic_write(out / "results.png", buf_png.getvalue())
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -191,25 +191,8 @@ def export(
     trust_remote_code: bool = False,
     allow_unverified: bool = False,
 ) -> Path:
-    """Export a Lightning training checkpoint as a Hugging Face directory.
-
-    The output may not equal, contain or lie inside any input (checkpoint, base, tokenizer,
-    config); the checkpoint's tensors are checked against their recorded checksums and to be
-    finite, and the base (recorded in the checkpoint, or stated with ``--base``) against the
-    checkpoint's record of its config, weight files, tokenizer and frozen weights.
-
-    Args:
-        ckpt: a ``.ckpt`` file written by ``blockexp fit``.
-        out: output directory.
-        tokenizer: tokenizer spec to save beside the model (default: the one used in training).
-        overwrite: replace an existing output directory (only an earlier blockexp output).
-        base: the base model, when it is not where the checkpoint says it was (its frozen
-            weights are checked against the checkpoint).
-        trust_remote_code: allow the base's custom modelling code (never taken from the
-            checkpoint).
-        allow_unverified: accept a checkpoint without recorded checksums or base record (one
-            written by another tool); its weights must still be finite.
-    """
+    """Export a Lightning training checkpoint as a Hugging Face directory: see
+    :func:`blockexp.training.export.export_checkpoint`, whose text this command shows as its help."""
     from blockexp.training.export import export_checkpoint
 
     result = export_checkpoint(
@@ -269,6 +252,10 @@ def _offline_command(name: str):
         from blockexp.evaluation.lmeval.command import run_eval
 
         return run_eval
+    if name == "export":  # one text for the command and the function (the options' help)
+        from blockexp.training.export import export_checkpoint
+
+        export.__doc__ = export_checkpoint.__doc__
     return {"plan": plan, "expand": expand, "export": export}[name]
 
 

@@ -144,6 +144,10 @@ def suggest(word: str, choices: Iterable[str], prefix: str = "") -> str:
     """`` (did you mean X?)`` for the closest of ``choices`` to ``word`` (case-insensitive), or
     ``""``."""
     by_lower = {c.lower(): c for c in choices}
+    group, dot, leaf = word.lower().rpartition(".")
+    moved = [c for c in by_lower if dot and c.startswith(f"{group}.") and c.endswith(f".{leaf}")]
+    if len(moved) == 1:  # a key that moved into a group (model.lr -> model.optim.lr)
+        return f" (did you mean {prefix}{by_lower[moved[0]]}?)"
     close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
     return f" (did you mean {prefix}{by_lower[close[0]]}?)" if close else ""
 

@@ -16,7 +16,7 @@ What is locked:
   by :class:`~blockexp.io.outputs.atomic_output_dir`);
 * a ``fit`` run's directories, by global rank 0, for the whole fit (:func:`hold_run_dirs`):
   ``trainer.default_root_dir`` (unless it is the working directory, Lightning's default, whose
-  logs are versioned), every checkpoint directory and ``model.export_dir``.
+  logs are versioned), every checkpoint directory and ``model.output.export_dir``.
 
 Lock files never match the temporaries :mod:`blockexp.io.stale` removes.
 """

@@ -133,7 +133,8 @@ class TRACECallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._default_dir = Path(trainer.default_root_dir) / "trace"
         dm = self._datamodule(trainer)
-        weight_decay = pl_module.hparams.get("weight_decay", 0.0) if pl_module.hparams else 0.0
+        settings = getattr(pl_module, "settings", None)  # a BlockExpansionModule's
+        weight_decay = settings.optim.weight_decay if settings is not None else 0.0
         if dm.protocol.weight_decay is not None and weight_decay != dm.protocol.weight_decay:
             rank_zero_info(
                 f"TRACE protocol {dm.protocol.name!r}: weight decay {dm.protocol.weight_decay} "

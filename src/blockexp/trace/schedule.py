@@ -94,12 +94,16 @@ class ProtocolScheduler:
         if task > 0 and epoch == first:
             trainer.strategy.setup_optimizers(trainer)
         optimizer = trainer.optimizers[0]
-        hp = pl_module.hparams
+        settings = getattr(pl_module, "settings", None)  # a BlockExpansionModule's
+        optim = settings.optim if settings is not None else None
         per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         total = max(1, per_epoch * dm.epochs[task])
         self._restart_from_peak(optimizer)
         scheduler = cosine_schedule(
-            optimizer, total, float(hp.get("warmup_ratio", 0.0)), float(hp.get("min_lr_ratio", 0.0))
+            optimizer,
+            total,
+            float(optim.warmup_ratio if optim else 0.0),
+            float(optim.min_lr_ratio if optim else 0.0),
         )
         done = (epoch - first) * per_epoch  # > 0 only when resuming inside a task
         self._install(trainer, scheduler, done, ("reset", task))

@@ -50,7 +50,7 @@ def select_attn_implementation(
     if requested == "flash_attention_2" and not half_precision:
         raise ValueError(
             "attn_implementation 'flash_attention_2' computes in bf16/fp16 only, but this run "
-            "computes in float32: use model.precision_policy lean or trainer.precision "
+            "computes in float32: use model.compute.precision_policy lean or trainer.precision "
             "bf16-mixed, or attn_implementation 'auto' (falls back to 'sdpa')."
         )
     return requested

@@ -122,16 +122,18 @@ class BlockexpCLI(LightningCLI):
         )
 
     def before_fit(self) -> None:
+        from blockexp.training import run_dirs
+
         cfg = self.config[self.subcommand]
         # outputs over inputs, before the data module or validation writes anything
-        self.model._check_export_target(self.trainer, self.datamodule)
+        run_dirs.check_export_target(self.model.settings, self.trainer, self.datamodule)
         # Lock the run's directories before anything is written (a second run into them ends
         # here, naming this one's pid); released at the end of fit, or if this start fails.
         self.model._hold_run_dirs(self.trainer)
         try:
             if not cfg.get("ckpt_path"):  # refuse a used run directory before anything runs
-                self.model._check_run_dirs(self.trainer, resuming=False)
-            if self.model.hparams.validate_before_fit and not cfg.get("ckpt_path"):
+                run_dirs.check_run_dirs(self.trainer, resuming=False)
+            if self.model.settings.validate_before_fit and not cfg.get("ckpt_path"):
                 # Under torch.no_grad, not inference mode: tensors this validation creates and
                 # training reuses (FSDP2's unsharded parameter buffers) must not be inference
                 # tensors, or the first training step fails ("Inference tensors do not track

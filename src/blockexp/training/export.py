@@ -201,9 +201,10 @@ def rebuild_from_checkpoint(
         tensor_record,
         tokenizer_record,
     )
-    from blockexp.io.digests import IntegrityError, check_fingerprint, verify_checkpoint
+    from blockexp.io.digests import IntegrityError, verify_checkpoint
     from blockexp.io.load import _config_from_dict, describe_spec
-    from blockexp.training.loading import load_expanded
+    from blockexp.training.rebuild import rebuild_trained
+    from blockexp.training.settings import Settings
 
     info = state["blockexp"]
     verify_checkpoint(state, str(name), allow_unverified, UNVERIFIED_FLAG)
@@ -221,6 +222,11 @@ def rebuild_from_checkpoint(
         with no_init_weights():
             model = AutoModelForCausalLM.from_config(config)
         expansion = expander.expand(model)
+        try:
+            expansion.model.load_state_dict(weights, strict=True, assign=True)
+        except RuntimeError as err:
+            raise ValueError(f"{name}: weights do not match the stored model: {err}") from err
+        expansion.model.tie_weights()
     else:
         if record is None and not allow_unverified:
             raise IntegrityError(
@@ -229,9 +235,10 @@ def rebuild_from_checkpoint(
             )
         # The checkpoint's hyper-parameters say how training loaded the base; never whether
         # remote code may run, and where the base is only as a default the caller can replace.
-        hp = dict(state.get("hyper_parameters", {}))
-        hp["base"] = used
-        hp["trust_remote_code"] = bool(trust_remote_code)
+        stored = state.get("hyper_parameters", {})
+        settings = Settings.from_hparams(
+            {**stored, "base": used, "trust_remote_code": bool(trust_remote_code)}
+        )
         try:
             if record is not None:  # cheapest first: config and tokenizer, then every tensor
                 directory = None if isinstance(used, dict) else snapshot_dir(used)
@@ -242,26 +249,15 @@ def rebuild_from_checkpoint(
                 check_base_record(record, current, describe_spec(used), where=str(name))
                 current = {"tensors": tensor_record(directory) if directory else None}
                 check_base_record(record, current, describe_spec(used), where=str(name))
-            expansion, _, _ = load_expanded(hp, expander)
+            expansion = rebuild_trained(settings, expander, fingerprint, weights, str(name))
         except OSError as err:
-            stored = state.get("hyper_parameters", {}).get("base")
             raise FileNotFoundError(
                 f"{name}: the base it was trained on, {describe_spec(used)!r}"
                 f"{' (stored in the checkpoint)' if base is None else ''}, cannot be loaded here "
                 f"({str(err).splitlines()[0]}). Pass the base with --base DIR_OR_HUB_ID; it is "
-                f"checked against the checkpoint's record (recorded: {describe_spec(stored)!r})."
+                f"checked against the checkpoint's record (recorded: "
+                f"{describe_spec(stored.get('base'))!r})."
             ) from err
-        check_fingerprint(expansion.model, fingerprint, describe_spec(used))
-        missing = sorted(n for n in expansion.trainable if n not in weights)
-        if missing:
-            raise ValueError(
-                f"{name}: trainable parameters missing from the checkpoint: {missing[:3]}"
-            )
-    try:
-        expansion.model.load_state_dict(weights, strict=fingerprint is None, assign=True)
-    except RuntimeError as err:
-        raise ValueError(f"{name}: weights do not match the stored model: {err}") from err
-    expansion.model.tie_weights()
     model = expander.export_model(expansion.model)
     model.config.use_cache = True
     return model
@@ -279,19 +275,23 @@ def export_checkpoint(
     """Export a Lightning training checkpoint as a Hugging Face directory (atomically).
 
     The output is checked first, before anything large is read or hashed: it may not equal,
-    contain or lie inside any input (the checkpoint, the base, the tokenizer, the command's
-    config files), resolved through symlinks.
+    contain or lie inside any input (the checkpoint, the base, the tokenizer, the command's config
+    files), resolved through symlinks. The checkpoint's tensors are checked against their recorded
+    checksums and to be finite, and the base (recorded in the checkpoint, or stated with
+    ``--base``) against the checkpoint's record of its config, weight files, tokenizer and frozen
+    weights. (``blockexp export`` shows this text as its help.)
 
     Args:
         ckpt: a ``.ckpt`` file written by ``blockexp fit``.
         out: output directory.
         tokenizer: tokenizer spec to save beside the model (default: the one used in training).
-        overwrite: replace an existing output directory (an earlier blockexp output only).
-        base: the base model (default: the one stored in the checkpoint); checked against it.
-        trust_remote_code: allow custom modelling code of the base (never read from the
+        overwrite: replace an existing output directory (only an earlier blockexp output).
+        base: the base model, when it is not where the checkpoint says it was (default: the one
+            stored in the checkpoint); its frozen weights are checked against the checkpoint.
+        trust_remote_code: allow the base's custom modelling code (never taken from the
             checkpoint).
-        allow_unverified: accept a checkpoint that records no checksums (one written by another
-            tool); its weights must still be finite.
+        allow_unverified: accept a checkpoint without recorded checksums or base record (one
+            written by another tool); its weights must still be finite.
     """
     from blockexp.io.locks import clean_beside, writing_output
     from blockexp.io.outputs import check_output_dir
@@ -321,9 +321,11 @@ def _save_export(state, model, out, protect, spec, used, overwrite) -> Path:
     from blockexp.io.save import save_pretrained_atomic
     from blockexp.io.tokenization import load_tokenizer
     from blockexp.training.loading import export_dtype
+    from blockexp.training.settings import Settings
 
     tok = load_tokenizer(spec) if spec else None
     hp = state.get("hyper_parameters", {})
+    compute = Settings.from_hparams({**hp, "base": used}).compute
     # The base lends its other files (generation config, README, ...; its tokenizer files when
     # the tokenizer is its own) to the export.
     stored = hp.get("base")
@@ -334,7 +336,7 @@ def _save_export(state, model, out, protect, spec, used, overwrite) -> Path:
         state["blockexp"]["manifest"],
         protect=protect,
         overwrite=overwrite,
-        dtype=export_dtype(hp.get("precision_policy", "full")),
+        dtype=export_dtype(compute.precision_policy),
         base=used,
         tokenizer_from_base=not spec or any(same_source(spec, b) for b in (used, stored)),
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from blockexp.expanders import Expander
 from blockexp.io.load import ModelSpec, load_model
+from blockexp.training.settings import Settings
 
 __all__ = [
     "check_architecture",
@@ -54,7 +54,7 @@ def check_architecture(base: ModelSpec, trust_remote_code: bool = False) -> None
 
 
 def load_expanded(
-    hparams: Mapping[str, Any], expander: Expander, attn_implementation: str | None = None
+    settings: Settings, expander: Expander, attn_implementation: str | None = None
 ) -> tuple[Any, dict[str, int], dict[str, Any]]:
     """Load the base as training does and expand it: dtype from the precision policy, the
     expander applied, trainable parameters marked, frozen ones cast under ``lean``. The
@@ -65,15 +65,15 @@ def load_expanded(
         ``(expansion, base_info, base_config)``: the :class:`~blockexp.expanders.Expansion`, the
         base depth and parameter count, and the base config as a dict.
     """
-    from blockexp.training.precision import apply_precision_policy, is_lean
+    from blockexp.training.precision import apply_precision_policy
 
-    policy = hparams.get("precision_policy", "full")
-    check_architecture(hparams["base"], hparams.get("trust_remote_code", False))
+    compute = settings.compute
+    check_architecture(settings.base, settings.trust_remote_code)
     model = load_model(
-        hparams["base"],
-        dtype="bfloat16" if is_lean(policy) else hparams.get("dtype", "float32"),
-        trust_remote_code=hparams.get("trust_remote_code", False),
-        seed=hparams.get("seed", 0),
+        settings.base,
+        dtype="bfloat16" if compute.lean else compute.dtype,
+        trust_remote_code=settings.trust_remote_code,
+        seed=settings.seed,
         attn_implementation=attn_implementation,
     )
     base_info = {
@@ -83,7 +83,7 @@ def load_expanded(
     base_config = model.config.to_dict()
     expansion = expander.expand(model)
     expansion.freeze()
-    apply_precision_policy(model, policy)
+    apply_precision_policy(model, compute.precision_policy)
     return expansion, base_info, base_config
 
 

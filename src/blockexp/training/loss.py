@@ -150,7 +150,7 @@ def causal_lm_forward_loss(
     if decoder is None or head is None:
         raise TypeError(
             f"{type(model).__name__} exposes no decoder/output embeddings; set "
-            "model.chunked_loss: false to use the model's own loss."
+            "model.compute.chunked_loss: false to use the model's own loss."
         )
     captured: dict[str, torch.Tensor] = {}
 
@@ -168,8 +168,8 @@ def causal_lm_forward_loss(
         handle.remove()
     if "hidden" not in captured:
         raise RuntimeError(
-            f"{type(model).__name__}.forward did not call its decoder; set model.chunked_loss: "
-            "false to use the model's own loss."
+            f"{type(model).__name__}.forward did not call its decoder; set "
+            "model.compute.chunked_loss: false to use the model's own loss."
         )
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     return chunked_causal_lm_loss(

@@ -1,4 +1,4 @@
-"""The optimizer step inside the backward pass (``model.optimizer_in_backward: true``).
+"""The optimizer step inside the backward pass (``model.optim.optimizer_in_backward: true``).
 
 A normal step keeps every trainable parameter's gradient until the optimizer runs after the whole
 backward: 4 bytes per trainable parameter at the peak (LLaMA Pro 8.3B: 1.6B trainable, 6.4 GB).

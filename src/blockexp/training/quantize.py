@@ -62,7 +62,7 @@ def is_quantised_policy(policy: str | None) -> bool:
 
 def require_torchao(what: str) -> None:
     """Raise a clear ImportError naming the extra when torchao is missing (``what``: the setting
-    that needs it, e.g. ``model.optimizer_state: int8``)."""
+    that needs it, e.g. ``model.optim.optimizer_state: int8``)."""
     if importlib.util.find_spec("torchao") is None:
         raise ImportError(
             f"{what} needs torchao: pip install -e '.[lowmem]' "
