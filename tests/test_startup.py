@@ -117,7 +117,7 @@ def test_importing_the_strategies_imports_neither_torch_nor_lightning():
         "from blockexp.expanders.registry import _TARGETS; "
         "assert not {m.split('.')[0] for m in sys.modules} & "
         "{'torch', 'transformers', 'lightning', 'pytorch_lightning'}, 'heavy import'; "
-        "from blockexp import LlamaPro, Plan, Expander; "
+        "from blockexp.expanders import LlamaPro, Expander; from blockexp.layers import Plan; "
         "print(' '.join(f'{n}={_TARGETS[n]}' for n in expander_names()))"
     )
     result = subprocess.run(

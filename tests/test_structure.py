@@ -80,7 +80,7 @@ def test_no_import_cycles_between_modules():
 
 #: The packages from the top; a module may import only from its own package or one below it.
 #: ``cli`` stands for the command wiring at the root (``blockexp``, ``blockexp.__main__``,
-#: ``blockexp.cli``); ``docs/architecture.md`` draws this graph (``scripts/draw_architecture.py``).
+#: ``blockexp.cli``, ``blockexp.commands``); ``docs/architecture.md`` draws this graph (``scripts/draw_architecture.py``).
 ORDER = (
     "cli",
     "trace",
@@ -98,7 +98,7 @@ MAX_LINES = 400
 def package_of(module: str) -> str:
     """The package (an entry of :data:`ORDER`) that a ``blockexp`` module belongs to."""
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("cli", "__main__"):
+    if len(parts) == 1 or parts[1] in ("cli", "commands", "__main__"):
         return "cli"
     return parts[1]
 

@@ -2,13 +2,8 @@
 
 Packages, from the top (each may import only those below it; ``docs/architecture.md``):
 ``cli`` -> ``trace`` -> ``evaluation`` -> ``training`` -> ``data`` -> ``errors`` ->
-``expanders`` -> ``io`` -> ``layers``.
+``expanders`` -> ``io`` -> ``layers``. Import what you use from its package
+(``from blockexp.expanders import LlamaPro``); this module only names the version.
 """
 
 __version__ = "0.1.0"
-
-from blockexp.expanders import Expander, Expansion  # noqa: E402 (after __version__, which io reads)
-from blockexp.expanders.llama_pro import LlamaPro  # noqa: E402
-from blockexp.layers.plan import LayerSpec, Plan  # noqa: E402
-
-__all__ = ["Expander", "Expansion", "LayerSpec", "LlamaPro", "Plan", "__version__"]
