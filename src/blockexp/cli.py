@@ -85,11 +85,9 @@ def _offline_command(name: str):
         return run_eval
     from blockexp import commands
 
-    if name == "export":  # one text for the command and the function (the options' help)
-        from blockexp.training.export import export_checkpoint
-
-        commands.export.__doc__ = export_checkpoint.__doc__
-    return {"plan": commands.plan, "expand": commands.expand, "export": commands.export}[name]
+    if name == "export":
+        return commands.export_command()
+    return {"plan": commands.plan, "expand": commands.expand}[name]
 
 
 def main(argv: list[str] | None = None) -> Any:

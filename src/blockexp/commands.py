@@ -1,4 +1,4 @@
-"""The offline commands ``plan``, ``expand`` and ``export``: parse-ready functions that print.
+"""The offline commands ``plan``, ``expand`` and ``export``: functions that do the work and print.
 
 Their signatures are the commands' options (jsonargparse builds each parser from them); the work
 happens in :mod:`blockexp.io.streaming`, :mod:`blockexp.expanders.dry_run` and
@@ -14,7 +14,7 @@ from typing import Any
 
 from blockexp.expanders import Expander
 
-__all__ = ["expand", "export", "plan"]
+__all__ = ["expand", "export_command", "plan"]
 
 
 def _console() -> Any:  # a rich Console
@@ -161,22 +161,23 @@ def expand(
     return Path(out)
 
 
-def export(
-    ckpt: str,
-    out: str,
-    tokenizer: str | None = None,
-    overwrite: bool = False,
-    base: str | None = None,
-    trust_remote_code: bool = False,
-    allow_unverified: bool = False,
-) -> Path:
-    """Export a Lightning training checkpoint as a Hugging Face directory: see
-    :func:`blockexp.training.export.export_checkpoint`, whose text this command shows as its help."""
+def export_command() -> Any:
+    """The ``export`` command: :func:`blockexp.training.export.export_checkpoint` itself (its
+    signature and docstring are the command's options and help), then one line saying what was
+    written and which base was used."""
+    import functools
+    import inspect
+
     from blockexp.training.export import export_checkpoint
 
-    result = export_checkpoint(
-        ckpt, out, tokenizer, overwrite, base, trust_remote_code, allow_unverified
-    )
-    how = "stated with --base" if base is not None else "as the checkpoint records it"
-    _console().print(f"Exported {ckpt} to {result} (base {how}, checked against its record)")
-    return result
+    @functools.wraps(export_checkpoint)
+    def export(*args: Any, **kwargs: Any) -> Path:
+        result = export_checkpoint(*args, **kwargs)
+        given = inspect.signature(export_checkpoint).bind(*args, **kwargs).arguments
+        how = "stated with --base" if given.get("base") else "as the checkpoint records it"
+        _console().print(
+            f"Exported {given['ckpt']} to {result} (base {how}, checked against its record)"
+        )
+        return result
+
+    return export
