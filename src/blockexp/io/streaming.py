@@ -23,7 +23,7 @@ with the model:
    (:meth:`~blockexp.layers.ArchSpec.is_residual_writer_param`) are zeros (skipped over, so they
    become sparse regions where the file system supports it), and ``mean``
    tensors are averaged in float32 and cast back, in the same order of operations as
-   :func:`~blockexp.layers.average_layers`, so the result is bitwise identical to the
+   :func:`~blockexp.layers.surgery.average_layers`, so the result is bitwise identical to the
    in-memory expansion.
 
 Data is read with ordinary file reads (no ``mmap``), so the page cache holding the base does not

@@ -28,7 +28,7 @@ class BuiltModel:
         expansion: the :class:`~blockexp.expanders.Expansion` (its ``model`` is the one to train).
         base_info: the base depth and parameter count.
         base_config: the base config as a dict.
-        frozen_digest: :func:`~blockexp.training.digests.frozen_fingerprint` of the frozen
+        frozen_digest: :func:`~blockexp.io.digests.frozen_fingerprint` of the frozen
             weights (``None`` with ``save_frozen``, whose checkpoints store them).
         base_record: :func:`~blockexp.io.base_record.base_record` of the base.
         quant_summary: what a quantised-base policy quantised (``None`` otherwise).
