@@ -155,3 +155,40 @@ def test_plan_counts_are_what_expand_writes(tiny_llama_dir, tmp_path):
     assert summary["trainable_params"] == manifest["trainable_params"]
     with pytest.raises(streaming.StreamingError, match="Cannot stream"):
         streaming.plan_summary(tmp_path / "missing", expander)
+
+
+def test_a_strategy_registered_by_path_is_imported_when_named(tmp_path, monkeypatch, capsys):
+    """``register_expander("Name", "module:Class")`` imports nothing until a command runs; then
+    ``--expander Name`` finds the class."""
+    import sys
+
+    from blockexp.cli import main
+    from blockexp.expanders.registry import (
+        expander_names,
+        register_expander,
+        unregister_expander,
+    )
+
+    (tmp_path / "my_strategies.py").write_text(
+        "from blockexp.expanders import Expander\n"
+        "from blockexp.layers import LayerSpec, Plan\n\n\n"
+        "class TopCopy(Expander):\n"
+        "    streamable = True\n"
+        "    preserves_function = True\n\n"
+        "    def plan(self, num_layers):\n"
+        "        specs = [LayerSpec(0, (i,), 'base') for i in range(num_layers)]\n"
+        "        top = LayerSpec(0, (num_layers - 1,), 'copy', zero_out=True, trainable=True)\n"
+        "        return Plan.from_groups(num_layers, [specs, [top]], strategy='TopCopy')\n"
+    )
+    (tmp_path / "config.json").write_text(json.dumps(ARCH_CONFIGS["llama"]))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_expander("TopCopy", "my_strategies:TopCopy")
+    try:
+        assert "TopCopy" in expander_names() and "my_strategies" not in sys.modules
+        main(["plan", "--base", str(tmp_path), "--json", "--expander", "TopCopy"])
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["strategy"] == "TopCopy"
+        assert summary["num_layers"] == summary["base_num_layers"] + 1
+    finally:
+        unregister_expander("TopCopy")
+        sys.modules.pop("my_strategies", None)

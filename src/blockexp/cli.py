@@ -118,9 +118,11 @@ def main(argv: list[str] | None = None) -> Any:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    from blockexp.expanders.registry import import_registered
     from blockexp.io.locks import release_all
 
     try:
+        import_registered()  # strategies registered by path become visible to the parsers
         if command in OFFLINE_COMMANDS:
             from jsonargparse import CLI, auto_parser
 

@@ -24,6 +24,7 @@ __all__ = [
     "build_expander",
     "expander_names",
     "get_expander",
+    "import_registered",
     "register_expander",
     "target_of",
     "unregister_expander",
@@ -138,6 +139,12 @@ def get_expander(name: str) -> type[Expander]:
         cls.name = name
         _CLASSES[name] = cls
     return _CLASSES[name]
+
+
+def import_registered() -> list[type[Expander]]:
+    """Every registered strategy's class, importing those registered by path (so that a parser
+    that looks for ``Expander`` subclasses by name, jsonargparse's, finds them)."""
+    return [get_expander(name) for name in expander_names()]
 
 
 def build_expander(config: dict[str, Any] | str) -> Expander:
