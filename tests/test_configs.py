@@ -177,7 +177,7 @@ def test_group_override_swaps_a_piece(capsys, monkeypatch):
     swapped = compose_config(trace / "llama_pro.yaml", {"expander": "lora"})
     lora = compose_config(trace / "lora.yaml")
     for config in (swapped, lora):
-        config["model"].pop("lr")
+        config["model"]["optim"].pop("lr")
         config["trainer"].pop("default_root_dir")
         config["trainer"]["logger"]["init_args"].pop("save_dir")
         config["trainer"]["callbacks"][0]["init_args"].pop("dirpath")
@@ -185,7 +185,7 @@ def test_group_override_swaps_a_piece(capsys, monkeypatch):
     # nested: the Mistral recipe builds on the Llama-2 one, whose data the override replaces
     mistral = compose_config(CONFIGS / "slayer/mistral_7b_cpt.yaml", {"model": "tiny_llama"})
     assert mistral["model"]["base"]["model_type"] == "llama"
-    assert mistral["model"]["export_dir"] == "outputs/slayer/mistral_7b/model"
+    assert mistral["model"]["output"]["export_dir"] == "outputs/slayer/mistral_7b/model"
     # on the command line, anywhere after the command; the printed config has LoRA's options
     out = _printed(["expander=lora", "--config", str(trace / "llama_pro.yaml")], capsys)
     printed = yaml.safe_load(out)
@@ -200,7 +200,7 @@ def test_interpolations_write_an_output_directory_once():
     assert trainer["default_root_dir"] == "outputs/quickstart"
     assert trainer["logger"]["init_args"]["save_dir"] == "outputs/quickstart"
     assert trainer["callbacks"][0]["init_args"]["dirpath"] == "outputs/quickstart/checkpoints"
-    assert quickstart["model"]["export_dir"] == "outputs/quickstart/model"
+    assert quickstart["model"]["output"]["export_dir"] == "outputs/quickstart/model"
     for recipe in RECIPES:  # each recipe names its output directory once
         lines = [line.split("#")[0] for line in recipe.read_text().splitlines()]
         assert "".join(lines).count("outputs/") == 1, recipe
