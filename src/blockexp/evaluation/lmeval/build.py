@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,16 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text) if s]
 
 
-def _each_sentence(texts: Iterable[str]):
-    """``(sentences of its document, index, sentence)`` for every sentence of every text."""
+def _from_sentences(texts: Iterable[str], make: Callable[[list[str], int, str], Any]) -> list:
+    """``make(sentences of its document, index, sentence)`` for every sentence of every text, in
+    order, keeping what is not ``None``."""
+    out = []
     for sentences in (split_sentences(t) for t in texts):
         for i, sentence in enumerate(sentences):
-            yield sentences, i, sentence
+            item = make(sentences, i, sentence)
+            if item is not None:
+                out.append(item)
+    return out
 
 
 def cloze_docs(
@@ -65,19 +70,17 @@ def cloze_docs(
 ) -> list[dict[str, Any]]:
     """LAMBADA-style passages ``{"text": ...}`` whose last space-separated token is a word."""
     rng = random.Random(seed)
-    candidates = []
-    for sentences, end, last in _each_sentence(texts):
-        if not last.endswith("."):
-            continue
+
+    def passage(sentences: list[str], end: int, last: str) -> dict[str, Any] | None:
         body = last[:-1]
         final = body.rsplit(" ", 1)[-1]
-        if not _WORD.fullmatch(final) or len(final) < 3:
-            continue
+        if not last.endswith(".") or not _WORD.fullmatch(final) or len(final) < 3:
+            return None
         start = max(0, end - rng.randint(0, 2))
-        passage = " ".join(sentences[start:end] + [body])
-        if min_words <= len(passage.split(" ")) <= max_words:
-            candidates.append({"text": passage})
-    return _sample(candidates, n, rng, "cloze")
+        text = " ".join(sentences[start:end] + [body])
+        return {"text": text} if min_words <= len(text.split(" ")) <= max_words else None
+
+    return _sample(_from_sentences(texts, passage), n, rng, "cloze")
 
 
 def choice_docs(
@@ -85,14 +88,16 @@ def choice_docs(
 ) -> list[dict[str, Any]]:
     """HellaSwag-style ``{"ctx", "endings", "label"}``: the true ending among ``num_choices``."""
     rng = random.Random(seed)
-    pool = []
-    for sentences, i, sentence in _each_sentence(texts):
+
+    def split(sentences: list[str], i: int, sentence: str) -> tuple[str, str] | None:
         words = sentence.split(" ")
         if len(words) < min_words:
-            continue
+            return None
         cut = len(words) // 2
         before = sentences[i - 1] + " " if i > 0 else ""
-        pool.append((before + " ".join(words[:cut]), " ".join(words[cut:])))
+        return before + " ".join(words[:cut]), " ".join(words[cut:])
+
+    pool = _from_sentences(texts, split)
     if len(pool) < num_choices:
         raise ValueError(f"choice: need at least {num_choices} usable sentences, got {len(pool)}")
     endings_pool = [ending for _, ending in pool]
@@ -120,22 +125,18 @@ def complete_docs(
 ) -> list[dict[str, Any]]:
     """``{"context", "target"}``: a passage missing the last ``target_words`` words of its last
     sentence (the target, without the final period)."""
-    rng = random.Random(seed)
-    candidates = []
-    for sentences, i, sentence in _each_sentence(texts):
-        if not sentence.endswith("."):
-            continue
+
+    def cut(sentences: list[str], i: int, sentence: str) -> dict[str, str] | None:
         words = sentence[:-1].split(" ")
-        if len(words) < min_words or not all(_WORD.fullmatch(w) for w in words[-target_words:]):
-            continue
+        if not sentence.endswith(".") or len(words) < min_words:
+            return None
+        if not all(_WORD.fullmatch(w) for w in words[-target_words:]):
+            return None
         before = sentences[i - 1] + " " if i > 0 else ""
-        candidates.append(
-            {
-                "context": before + " ".join(words[:-target_words]),
-                "target": " ".join(words[-target_words:]),
-            }
-        )
-    return _sample(candidates, n, rng, "complete")
+        context = before + " ".join(words[:-target_words])
+        return {"context": context, "target": " ".join(words[-target_words:])}
+
+    return _sample(_from_sentences(texts, cut), n, random.Random(seed), "complete")
 
 
 def code_line_docs(
@@ -189,6 +190,17 @@ _HEADER = (
     "test_split: test\n"
 )
 
+#: The metrics of the generation tasks: exact match and edit similarity, averaged.
+_EXACT_AND_EDIT_SIM = (
+    "metric_list:\n"
+    "  - metric: exact_match\n"
+    "    aggregation: mean\n"
+    "    higher_is_better: true\n"
+    "  - metric: edit_sim\n"
+    "    aggregation: mean\n"
+    "    higher_is_better: true\n"
+)
+
 _BODY = {
     "cloze": (
         "output_type: loglikelihood\n"
@@ -225,13 +237,7 @@ _BODY = {
         "  max_gen_toks: 16\n"
         "  do_sample: false\n"
         "process_results: !function blockexp.evaluation.lmeval.tasks.process_completion\n"
-        "metric_list:\n"
-        "  - metric: exact_match\n"
-        "    aggregation: mean\n"
-        "    higher_is_better: true\n"
-        "  - metric: edit_sim\n"
-        "    aggregation: mean\n"
-        "    higher_is_better: true\n"
+        + _EXACT_AND_EDIT_SIM
     ),
     "code_line": (
         "output_type: generate_until\n"
@@ -242,13 +248,7 @@ _BODY = {
         "  max_gen_toks: 40\n"
         "  do_sample: false\n"
         "process_results: !function blockexp.evaluation.lmeval.tasks.process_next_line\n"
-        "metric_list:\n"
-        "  - metric: exact_match\n"
-        "    aggregation: mean\n"
-        "    higher_is_better: true\n"
-        "  - metric: edit_sim\n"
-        "    aggregation: mean\n"
-        "    higher_is_better: true\n"
+        + _EXACT_AND_EDIT_SIM
     ),
 }
 
