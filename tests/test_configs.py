@@ -145,13 +145,9 @@ def _grouped(printed: dict) -> dict:
     moved into their groups (``model.lr`` -> ``model.optim.lr``): the only renames of keys."""
     import dataclasses
 
-    from blockexp.training.settings import Compute, Optim, Output
+    from blockexp.training.settings import GROUPS
 
-    group_of = {
-        f.name: group
-        for group, cls in (("optim", Optim), ("compute", Compute), ("output", Output))
-        for f in dataclasses.fields(cls)
-    }
+    group_of = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
     model = {}
     for key, value in printed["model"].items():
         if key in group_of:

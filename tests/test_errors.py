@@ -96,6 +96,11 @@ def test_unknown_option_suggests_the_close_match(quick, capsys):
     _has(line, "python -m blockexp fit --help")
 
 
+def test_a_setting_that_moved_into_a_group_names_its_new_place(quick, capsys):
+    line = _one_line(capsys, [*quick, "--model.lr", "1e-3"])
+    _has(line, "--model.lr", "did you mean --model.optim.lr?")
+
+
 def test_unknown_key_in_a_config_file_names_the_file(quick, tmp_path, capsys):
     config = tmp_path / "typo.yaml"
     config.write_text("trainer:\n  max_stpes: 5\n")

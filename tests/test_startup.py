@@ -75,6 +75,20 @@ def test_help_plan_and_streaming_expand_import_neither_lightning_nor_torch(check
         )
 
 
+def test_help_imports_only_the_command_wiring():
+    """``--help`` prints the usage before anything else of blockexp is imported."""
+    cmd = [sys.executable, "-X", "importtime", "-m", "blockexp", "--help"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "| " in line
+    }
+    ours = {name for name in ours if name.split(".")[0] == "blockexp"}
+    assert ours <= {"blockexp", "blockexp.__main__", "blockexp.cli", "blockexp.errors"}, ours
+
+
 @pytest.mark.parametrize("command", ["importance", "eval", "export", "expand"])
 def test_offline_commands_do_not_import_lightning(command):
     assert not imported(command, "--help") & LIGHTNING

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # torch and transformers: imported where a model is built, no
 __all__ = [
     "ModelLoadError",
     "ModelSpec",
+    "config_from_dict",
     "describe_spec",
     "load_config",
     "load_model",
@@ -88,20 +89,22 @@ def load_config(spec: ModelSpec, trust_remote_code: bool = False) -> PretrainedC
     from transformers import AutoConfig
 
     if isinstance(spec, dict):
-        return _config_from_dict(spec)
+        return config_from_dict(spec)
     path = _check_local(spec)
     if path is not None and path.is_file():
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from err
-        return _config_from_dict(data, source=str(path))
+        return config_from_dict(data, source=str(path))
     if path is not None and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face model directory?")
     return AutoConfig.from_pretrained(str(path or spec), trust_remote_code=trust_remote_code)
 
 
-def _config_from_dict(data: dict[str, Any], source: str = "inline config") -> PretrainedConfig:
+def config_from_dict(data: dict[str, Any], source: str = "inline config") -> PretrainedConfig:
+    """The transformers config that a ``config.json``-style dict describes (``source`` names it
+    in errors)."""
     data = dict(data)
     model_type = data.pop("model_type", None)
     if not model_type:
@@ -139,7 +142,7 @@ def load_model(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if isinstance(spec, dict):
-        config = _config_from_dict(spec)
+        config = config_from_dict(spec)
         if isinstance(torch_dtype, torch.dtype):
             # Built in that dtype (not cast afterwards), so that buffers such as the rotary
             # frequencies keep the precision transformers gives them.

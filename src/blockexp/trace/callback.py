@@ -119,19 +119,18 @@ class TRACECallback(L.Callback):
         if self.R is None or self.R.shape != (n, n):
             self.R = np.full((n, n), np.nan)
         self._settings_now = self._settings(dm)
+        self._default_dir = Path(trainer.default_root_dir) / "trace"
         from blockexp.evaluation.general import GeneralEval
 
-        out_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "trace")
         for callback in trainer.callbacks:
             if isinstance(callback, GeneralEval):
-                callback.report_beside(self, out_dir)
+                callback.report_beside(self, self.out_dir)
 
     @property
     def out_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else self._default_dir
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._default_dir = Path(trainer.default_root_dir) / "trace"
         dm = self._datamodule(trainer)
         settings = getattr(pl_module, "settings", None)  # a BlockExpansionModule's
         weight_decay = settings.optim.weight_decay if settings is not None else 0.0

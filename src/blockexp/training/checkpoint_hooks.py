@@ -35,7 +35,8 @@ def record_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
 
 def check_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
     """``on_load_checkpoint``: refuse a checkpoint whose tensors, base or frozen weights do not
-    check out against what it recorded (:mod:`blockexp.training.loading`)."""
+    check out against what it recorded (:mod:`blockexp.io.digests`,
+    :mod:`blockexp.io.base_record`)."""
     info = checkpoint.get("blockexp", {})
     state = checkpoint.get("state_dict")
     allow = module.settings.allow_unverified_checkpoint

@@ -83,7 +83,10 @@ def split_overrides(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 class _Composer:
-    """Reads each file once and lists, for a config, the files it merges in order."""
+    """Lists, for a config, the files it merges in order, and merges them. Each file is parsed
+    at most twice, and each parse is cached: as plain YAML (its ``defaults``, whether it needs
+    composing) and, when merged, by OmegaConf, whose loader types values as the merge expects
+    (``1e-5`` is a float there and a string to PyYAML)."""
 
     def __init__(self, overrides: dict[str, str]) -> None:
         self.overrides = overrides

@@ -202,8 +202,8 @@ def rebuild_from_checkpoint(
         tokenizer_record,
     )
     from blockexp.io.digests import IntegrityError, verify_checkpoint
-    from blockexp.io.load import _config_from_dict, describe_spec
-    from blockexp.training.rebuild import rebuild_trained
+    from blockexp.io.load import config_from_dict, describe_spec
+    from blockexp.training.rebuild import assign_weights, rebuild_trained
     from blockexp.training.settings import Settings
 
     info = state["blockexp"]
@@ -218,15 +218,11 @@ def rebuild_from_checkpoint(
         current = {"tokenizer": tokenizer_record(spec)}
         check_base_record(record, current, describe_spec(used), str(spec), str(name))
     if fingerprint is None:
-        config = _config_from_dict(info["base_config"])
+        config = config_from_dict(info["base_config"])
         with no_init_weights():
             model = AutoModelForCausalLM.from_config(config)
         expansion = expander.expand(model)
-        try:
-            expansion.model.load_state_dict(weights, strict=True, assign=True)
-        except RuntimeError as err:
-            raise ValueError(f"{name}: weights do not match the stored model: {err}") from err
-        expansion.model.tie_weights()
+        assign_weights(expansion.model, weights, str(name), strict=True)
     else:
         if record is None and not allow_unverified:
             raise IntegrityError(

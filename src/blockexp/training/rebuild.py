@@ -16,7 +16,7 @@ from blockexp.io.digests import check_fingerprint
 from blockexp.training.loading import load_expanded
 from blockexp.training.settings import Settings
 
-__all__ = ["rebuild_trained", "trained_state"]
+__all__ = ["assign_weights", "rebuild_trained", "trained_state"]
 
 
 def rebuild_trained(
@@ -41,16 +41,28 @@ def rebuild_trained(
     missing = sorted(n for n in expansion.trainable if n not in trained)
     if missing:
         raise ValueError(f"{name}: trainable parameters missing from the checkpoint: {missing[:3]}")
+    assign_weights(expansion.model, trained, name)
+    return expansion
+
+
+def assign_weights(
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], name: str, strict: bool = False
+) -> None:
+    """Assign ``weights`` to ``model`` (every one of them must be a tensor of the model; with
+    ``strict`` they must also be all of them) and tie the model's weights again.
+
+    Raises:
+        ValueError: naming ``name``, for tensors that do not fit or are not in the model.
+    """
     try:
-        result = expansion.model.load_state_dict(trained, strict=False, assign=True)
+        result = model.load_state_dict(weights, strict=strict, assign=True)
     except RuntimeError as err:
         raise ValueError(f"{name}: weights do not match the stored model: {err}") from err
     if result.unexpected_keys:
         raise ValueError(
             f"{name}: trained parameters not in the rebuilt model: {result.unexpected_keys[:3]}"
         )
-    expansion.model.tie_weights()
-    return expansion
+    model.tie_weights()
 
 
 def trained_state(model: torch.nn.Module, trainable: frozenset[str]) -> dict[str, torch.Tensor]:
