@@ -83,6 +83,7 @@ def test_no_import_cycles_between_modules():
 #: ``blockexp.cli``, ``blockexp.commands``); ``docs/architecture.md`` draws this graph (``scripts/draw_architecture.py``).
 ORDER = (
     "cli",
+    "sweep",
     "compare",
     "trace",
     "evaluation",

@@ -11,7 +11,9 @@ Training commands follow LightningCLI conventions (``fit``, ``validate``, ``test
   (:func:`blockexp.training.export.export_checkpoint`),
 * ``importance`` per-layer importance (:mod:`blockexp.evaluation.importance`),
 * ``eval`` lm-evaluation-harness tasks on a model or checkpoint, offline
-  (:func:`blockexp.evaluation.lmeval.command.run_eval`).
+  (:func:`blockexp.evaluation.lmeval.command.run_eval`),
+* ``sweep`` a grid of fit runs over one recipe (:func:`blockexp.sweep.command.sweep`),
+* ``compare`` tables, intervals and plots over runs (:func:`blockexp.compare.command.compare`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from blockexp import errors
 __all__ = ["main"]
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
-OFFLINE_COMMANDS = ("plan", "expand", "export", "importance", "eval")
+OFFLINE_COMMANDS = ("plan", "expand", "export", "importance", "eval", "sweep", "compare")
 
 
 USAGE = """usage: python -m blockexp <command> [options]
@@ -44,6 +46,9 @@ offline:
   export   convert a training checkpoint (.ckpt) into a Hugging Face directory
   importance  per-layer importance (angular distance, removal/insertion drops): CSV + PNG
   eval     lm-evaluation-harness tasks on a model dir or .ckpt, offline: table + JSON
+experiments:
+  sweep    a grid of fit runs over one recipe (seeds, strategies, options), resumable
+  compare  one table of every run's metrics: mean +- 95% CI over seeds, paired tests, plots
 
 errors in the input end with one line and exit code 2; add --debug for the traceback.
 """
@@ -58,6 +63,9 @@ BOOL_FLAGS = (
     "--online",
     "--confirm_run_unsafe_code",
     "--allow_unverified",
+    "--dry_run",
+    "--incomplete",
+    "--plots",
 )
 
 
@@ -72,6 +80,48 @@ def _bare_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def _sweep_argv(argv: list[str]) -> list[str]:
+    """``sweep --config FILE`` names the sweep file (``--sweep_file``), not a file of the
+    command's own options as jsonargparse's ``--config`` would; ``--set`` and ``--only`` may be
+    repeated (``--set trainer.max_steps=20 --set seed=1``)."""
+    import json
+
+    out: list[str] = []
+    lists: dict[str, list[str]] = {"--set": [], "--only": []}
+    args = iter(argv)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config", "-c"):
+            out += ["--sweep_file", value] if eq else ["--sweep_file"]
+        elif flag in lists:
+            lists[flag].append(value if eq else next(args, ""))
+        else:
+            out.append(arg)
+    for flag, values in lists.items():
+        if values:
+            out += [flag, json.dumps(values)]
+    return out
+
+
+def _compare_argv(argv: list[str]) -> list[str]:
+    """``compare RUN_DIR_OR_SWEEP ...``: the positional paths become ``--runs``."""
+    import json
+
+    runs, out, expects_value = [], [], False
+    for arg in argv[1:]:
+        if expects_value:
+            out.append(arg)
+            expects_value = False
+        elif arg.startswith("-"):
+            out.append(arg)
+            expects_value = "=" not in arg and arg not in BOOL_FLAGS
+        elif out and out[-1] in BOOL_FLAGS and arg.lower() in ("true", "false"):
+            out.append(arg)
+        else:
+            runs.append(arg)
+    return [argv[0], *out, *(["--runs", json.dumps(runs)] if runs else [])]
+
+
 def _offline_command(name: str):
     """The function behind an offline command; ``importance`` and ``eval`` are imported only
     when they run (``importance`` needs torch)."""
@@ -83,6 +133,14 @@ def _offline_command(name: str):
         from blockexp.evaluation.lmeval.command import run_eval
 
         return run_eval
+    if name == "sweep":
+        from blockexp.sweep.command import sweep
+
+        return sweep
+    if name == "compare":
+        from blockexp.compare.command import compare
+
+        return compare
     from blockexp import commands
 
     if name == "export":
@@ -128,6 +186,10 @@ def main(argv: list[str] | None = None) -> Any:
 
             # Only this command's parser is built, so only its module is imported.
             commands = {command: _offline_command(command)}
+            if command == "sweep":
+                argv = _sweep_argv(argv)
+            elif command == "compare":
+                argv = _compare_argv(argv)
             kwargs = {"as_positional": False, **errors.PARSER_KWARGS, "env_prefix": "BLOCKEXP"}
             try:
                 return CLI(commands, args=_bare_flags(argv), **kwargs)

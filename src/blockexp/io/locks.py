@@ -39,6 +39,7 @@ __all__ = [
     "DirectoryLockedError",
     "acquire",
     "acquire_output",
+    "held",
     "hold_run_dirs",
     "lock_file",
     "release",
@@ -179,6 +180,11 @@ def release(lock: Path | None) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def held() -> list[Path]:
+    """The lock files this process holds now."""
+    return [lock for lock, (_, pid, _) in _held.items() if pid == os.getpid()]
 
 
 def release_all() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +209,9 @@ class _Composer:
             out += self.files(self.entry_file(path, entry), (*stack, resolved))
         return [*out, path]
 
-    def merge(self, files: list[Path]) -> dict:
-        """The files merged in order, interpolations resolved, ``defaults`` left out."""
+    def merge(self, files: list[Path], edit: Callable[[Any], None] | None = None) -> dict:
+        """The files merged in order, ``edit`` applied to the merged OmegaConf config, then
+        interpolations resolved; ``defaults`` left out."""
         from omegaconf import OmegaConf
         from omegaconf.errors import OmegaConfBaseException
 
@@ -219,6 +221,8 @@ class _Composer:
             merged = OmegaConf.merge(*configs)
         except OmegaConfBaseException as err:
             raise UsageError(f"cannot merge {names}: {flatten(str(err))}") from err
+        if edit is not None:
+            edit(merged)
         try:
             return OmegaConf.to_container(merged, resolve=True)
         except OmegaConfBaseException as err:
@@ -229,16 +233,23 @@ class _Composer:
             ) from err
 
 
-def compose_config(path: str | os.PathLike, overrides: dict[str, str] | None = None) -> dict:
+def compose_config(
+    path: str | os.PathLike,
+    overrides: dict[str, str] | None = None,
+    edit: Callable[[Any], None] | None = None,
+) -> dict:
     """The config ``path`` composes (its defaults merged, interpolations resolved), with the
     ``group -> option`` ``overrides``; a group its defaults do not name is added after them.
+    ``edit`` changes the merged OmegaConf config in place before interpolations resolve (a sweep
+    cell sets its own ``trainer.default_root_dir`` there, so the paths built on it follow).
 
     Raises:
         UsageError: an unknown group or option, a missing file, a cycle, malformed YAML, or an
             interpolation that does not resolve.
     """
     composer = _Composer(dict(overrides or {}))
-    return composer.merge(_with_added_groups(composer, Path(path), composer.files(Path(path))))
+    files = _with_added_groups(composer, Path(path), composer.files(Path(path)))
+    return composer.merge(files, edit)
 
 
 def _with_added_groups(composer: _Composer, path: Path, files: list[Path]) -> list[Path]:
