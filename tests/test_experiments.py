@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(argv: list[str]) -> None:
+    from blockexp.cli import main
+
+    main(argv)
 
 
 @pytest.mark.slow
-def test_strategies_experiment_smoke(tmp_path):
+def test_strategies_experiment_smoke(tmp_path, monkeypatch):
+    """prepare.py, base.yaml and sweep.yaml end to end at toy sizes, two strategies."""
+    import csv
     import importlib.util
-    from pathlib import Path
 
-    from blockexp.expanders import expander_names
-
-    script = Path(__file__).resolve().parents[1] / "experiments/strategies/run.py"
-    spec = importlib.util.spec_from_file_location("strategies_run", script)
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
-    out = tmp_path / "out"
-    rows = run.main(["--steps", "3", "--base-steps", "3", "--val-batches", "1", "--out", str(out)])
-    assert [r["strategy"] for r in rows] == expander_names()
-    for name in ("results.csv", "results.md", "results.png"):
-        assert (out / name).stat().st_size > 0
-    assert len((out / "results.csv").read_text().splitlines()) == len(rows) + 1
+    folder = REPO / "experiments/strategies"
+    monkeypatch.chdir(tmp_path)  # the experiment's paths are relative to the working directory
+    spec = importlib.util.spec_from_file_location("strategies_prepare", folder / "prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    assert prepare.main([]) == {"general": 60, "domain": 60}
+    _cli(["fit", "--config", str(folder / "base.yaml"), "--trainer.max_steps", "3"])
+    assert (tmp_path / "outputs/experiments/strategies/base/config.json").is_file()
+    _cli(
+        ["sweep", "--config", str(folder / "sweep.yaml"), "--set", "trainer.max_steps=3"]
+        + ["--only", "strategy-LlamaPro*", "--only", "strategy-LoRA*"]
+    )
+    out = tmp_path / "outputs/experiments/strategies/sweep/compare"
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert {r["group"] for r in rows} == {"strategy=LlamaPro", "strategy=LoRA"}
+    assert (out / "gain_forgetting.png").stat().st_size > 0
 
 
 def _fake_doc_deb(path, sources: dict[str, str]) -> None:
@@ -47,14 +62,13 @@ def _fake_doc_deb(path, sources: dict[str, str]) -> None:
 def _load_reproduce():
     import importlib.util
     import sys
-    from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[1] / "experiments/reproduce"
+    folder = REPO / "experiments/reproduce"
     sys.path.insert(0, str(folder))
-    spec = importlib.util.spec_from_file_location("reproduce_run", folder / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
-    return run
+    spec = importlib.util.spec_from_file_location("reproduce_prepare", folder / "prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    return prepare
 
 
 def test_rst_prose_keeps_paragraphs_and_drops_code():
@@ -75,12 +89,14 @@ def test_rst_prose_keeps_paragraphs_and_drops_code():
 
 
 @pytest.mark.slow
-def test_reproduce_experiment_smoke(tmp_path):
-    """`experiments/reproduce/run.py --smoke` end to end on a fake documentation package."""
-    import json
+def test_reproduce_experiment_smoke(tmp_path, monkeypatch):
+    """prepare.py --smoke, base.yaml and sweep.yaml end to end on a fake documentation package
+    (two strategies, three seeds, a few steps)."""
+    import csv
 
-    run = _load_reproduce()
-    out = tmp_path / "out"
+    prepare = _load_reproduce()
+    monkeypatch.chdir(tmp_path)  # the experiment's paths are relative to the working directory
+    out = tmp_path / "outputs/experiments/reproduce"
     (out / "downloads").mkdir(parents=True)
     words = "quick brown lazy red small old new green tall quiet".split()
 
@@ -93,9 +109,15 @@ def test_reproduce_experiment_smoke(tmp_path):
 
     sources = {f"doc{i}": f"Heading\n=======\n\n{para(i)}\n\n{para(i + 1)}\n" for i in range(60)}
     _fake_doc_deb(out / "downloads" / "python3.11-doc_0_all.deb", sources)
-    run.main(["--smoke", "--out", str(out), "--only", "LlamaPro", "LoRA"])
-    results = json.loads((out / "results.json").read_text())
-    assert [r["strategy"] for r in results["rows"]] == ["LlamaPro", "LoRA"]
-    assert "general_train_loss" in results["base"]
-    for name in ("results.csv", "results.md", "results.png"):
-        assert (out / name).stat().st_size > 0
+    info = prepare.main(["--smoke"])
+    assert info["tasks"] == ["repro_cloze", "repro_choice", "repro_complete", "repro_code_line"]
+    folder = REPO / "experiments/reproduce"
+    _cli(["fit", "--config", str(folder / "base.yaml"), "--trainer.max_steps", "3"])
+    _cli(
+        ["sweep", "--config", str(folder / "sweep.yaml"), "--set", "trainer.max_steps=2"]
+        + ["--only", "strategy-LlamaPro*", "--only", "strategy-LoRA*"]
+    )
+    rows = list(csv.DictReader((out / "sweep/compare/summary.csv").open()))
+    assert {r["group"] for r in rows} == {"strategy=LlamaPro", "strategy=LoRA"}
+    metrics = {r["metric"] for r in rows}
+    assert {"forgetting", "gain", "general/repro_code_line/end"} <= metrics, metrics

@@ -22,7 +22,10 @@ from blockexp.sweep.grid import expand_grid
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "tests/data/sweep/recipe.yaml"
 HELDOUT = {
-    "corpora": {"general": "data/quickstart/general.jsonl", "domain": "data/quickstart/domain.jsonl"},
+    "corpora": {
+        "general": "data/quickstart/general.jsonl",
+        "domain": "data/quickstart/domain.jsonl",
+    },
     "forgetting": "general",
     "gain": "domain",
     "seq_len": 32,
@@ -72,7 +75,11 @@ def _one_line_error(capsys, argv: list[str]) -> str:
 
 def test_grid_expands_in_file_order_with_readable_ids():
     cells = expand_grid(
-        {"strategy": {"A": {"expander": "lora"}, "B x": {}}, "seed": [0, 1], "model.optim.lr": [0.1]},
+        {
+            "strategy": {"A": {"expander": "lora"}, "B x": {}},
+            "seed": [0, 1],
+            "model.optim.lr": [0.1],
+        },
         {"trainer.max_steps": 5},
         "s.yaml",
     )
@@ -158,7 +165,9 @@ def test_sweep_runs_skips_finished_cells_and_refuses_changed_ones(tmp_path, caps
     assert after["strategy-LlamaPro__seed-0"] != after["strategy-LlamaPro__seed-1"]
     summary = (out / "compare/summary.csv").read_text()
     assert "strategy=LlamaPro" in summary and "strategy=LoRA" in summary
-    assert (out / "compare/paired.csv").is_file() and (out / "compare/gain_forgetting.png").is_file()
+    assert (out / "compare/paired.csv").is_file() and (
+        out / "compare/gain_forgetting.png"
+    ).is_file()
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["axes"] == {"strategy": ["LlamaPro", "LoRA"], "seed": [0, 1]}
 
@@ -167,9 +176,7 @@ def test_sweep_runs_skips_finished_cells_and_refuses_changed_ones(tmp_path, caps
     assert "(4 done, 0 to run" in capsys.readouterr().out
     assert all(read_state(c)["attempts"] == 1 for c in (out / "cells").iterdir())
 
-    line = _one_line_error(
-        capsys, ["sweep", "--config", str(path), "--set", "trainer.max_steps=7"]
-    )
+    line = _one_line_error(capsys, ["sweep", "--config", str(path), "--set", "trainer.max_steps=7"])
     assert "started with another config" in line and "strategy-LlamaPro__seed-0" in line
 
 
@@ -190,7 +197,9 @@ def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, capsys, monkeyp
 def _sweep_process(path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     cmd = [sys.executable, "-m", "blockexp", "sweep", "--config", str(path), *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def test_a_killed_worker_resumes_to_the_same_bits(tmp_path):
@@ -237,4 +246,6 @@ def test_submitit_local_executor_runs_the_cells(tmp_path, monkeypatch):
         _after(out).values(), _after(tmp_path / "inline").values(), strict=True
     ):
         assert step_a == step_b == 6
-        assert held_a == pytest.approx(held_b, rel=1e-5) and loss_a == pytest.approx(loss_b, rel=1e-5)
+        assert held_a == pytest.approx(held_b, rel=1e-5) and loss_a == pytest.approx(
+            loss_b, rel=1e-5
+        )

@@ -3,7 +3,8 @@ row: its parameters, status and metrics, plus R for TRACE runs.
 
 A run directory holds at least one of :data:`RUN_FILES`. Its parameters come from ``cell.json``
 (a sweep cell), else from the sweep's ``sweep.json`` entry (a cell not started yet), else from
-``config.yaml``: ``{"strategy": <class name of model.expander>, "seed": seed_everything}``.
+``config.yaml`` (in the run directory, or the one LightningCLI saved in the logger's directory):
+``{"strategy": <class name of model.expander>, "seed": seed_everything}``.
 Its status is ``cell.json``'s; without one, ``done`` when the files show the fit's end
 (:func:`blockexp.compare.metrics.finished`), else ``incomplete``; a sweep cell without a
 directory or ``cell.json`` is ``pending``.
@@ -158,6 +159,15 @@ def _config_params(path: Path) -> dict[str, Any]:
     return params
 
 
+def run_config(path: Path) -> Path | None:
+    """The run's resolved fit config: ``config.yaml`` in the run directory, else the newest one
+    LightningCLI saved in a logger's directory below it (``<logger name>/version_<n>/``)."""
+    if (path / "config.yaml").is_file():
+        return path / "config.yaml"
+    found = [p for p in path.glob("*/*/config.yaml") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def _first(directory: Path, *names: str) -> dict[str, Any] | None:
     for name in names:
         if (directory / name).is_file():
@@ -175,8 +185,8 @@ def read_run(source: Source) -> Run:
         status = str(cell.get("status") or "unknown")
     elif source.entry is not None:
         params, status = dict(entry.get("params") or {}), "pending"
-    elif (path / "config.yaml").is_file():
-        params, status = _config_params(path / "config.yaml"), "incomplete"
+    elif (config := run_config(path)) is not None:
+        params, status = _config_params(config), "incomplete"
     else:
         params, status = {}, "incomplete"
     heldout = _first(path, "heldout/heldout.json")

@@ -17,6 +17,7 @@ from blockexp.compare.stats import (
     summarize,
 )
 from blockexp.errors import UsageError, suggest
+from blockexp.io.outputs import atomic_write
 
 __all__ = ["HEADLINE", "compare", "default_out"]
 
@@ -41,10 +42,11 @@ def _default_reference(sweeps: list[dict[str, Any]]) -> Any:
     return None
 
 
-def _selected(metrics: list[str] | None, available: list[str]) -> list[str]:
+def _selected(metrics: list[str] | str | None, available: list[str]) -> list[str]:
     if not metrics:
         return available
-    names = [m.strip() for item in metrics for m in str(item).split(",") if m.strip()]
+    items = [metrics] if isinstance(metrics, str) else metrics
+    names = [m.strip() for item in items for m in str(item).split(",") if m.strip()]
     for name in names:
         if name not in available:
             raise UsageError(
@@ -70,7 +72,7 @@ def compare(
     runs: list[str],
     reference: str | None = None,
     out: str | None = None,
-    metrics: list[str] | None = None,
+    metrics: list[str] | str | None = None,
     incomplete: bool = False,
     plots: bool = True,
 ) -> Path:
@@ -131,6 +133,7 @@ def compare(
         if target / name not in written:
             (target / name).unlink(missing_ok=True)
     shown = chosen if metrics else [m for m in HEADLINE if m in chosen] or chosen[:6]
+    atomic_write(target / "summary_wide.md", table.wide_md(summary, shown))
     table.print_summary(summary, pairs, shown)
     skipped = len(found) - len(used)
     note = f"; {skipped} run(s) not done are only listed in cells.csv" if skipped else ""

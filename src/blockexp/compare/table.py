@@ -149,6 +149,20 @@ def _summary_md(summary: list[dict[str, Any]]) -> str:
     return head + markdown(["group", "metric", "n", "mean ± CI", "sd", "95% CI"], rows)
 
 
+def wide_md(summary: list[dict[str, Any]], metrics: Sequence[str]) -> str:
+    """One row per group, one column per metric: ``mean ± CI half-width`` (n in the header
+    note when every cell has the same n)."""
+    groups = list(dict.fromkeys(r["group"] for r in summary))
+    cell = {(r["group"], r["metric"]): r for r in summary}
+    ns = {r["n"] for r in summary if r["metric"] in metrics}
+    note = f" over n = {ns.pop()} seeds" if len(ns) == 1 else " (n per cell in summary.md)"
+    head = f"Mean ± half-width of the 95% confidence interval (Student's t){note}.\n\n"
+    rows = [
+        [g, *(_interval(cell[(g, m)]) if (g, m) in cell else "-" for m in metrics)] for g in groups
+    ]
+    return head + markdown(["group", *metrics], rows)
+
+
 def _paired_md(rows: list[dict[str, Any]]) -> str:
     head = (
         "# Paired comparisons\n\nDifference group - reference on the seeds both groups have "
