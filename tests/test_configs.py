@@ -91,9 +91,10 @@ def test_every_recipe_runs_fast_dev_run(config, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("piece", PIECES, ids=_rel)
 def test_every_piece_combines_with_a_recipe(piece, monkeypatch):
-    """Each piece overrides the quickstart recipe and still parses (hub bases are not loaded)."""
+    """Each piece, chosen as ``group=option``, overrides the quickstart recipe's and still parses
+    (hub bases are not loaded; a piece may interpolate keys the recipe sets)."""
     monkeypatch.chdir(REPO)
-    args = ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(piece)]
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), f"{piece.parent.name}={piece.stem}"]
     parser_only = ["--trainer.logger", "false", "--print_config"]
     with pytest.raises(SystemExit) as exit_info:  # --print_config parses, prints and exits 0
         BlockexpCLI(args=[*args, *parser_only], run=False)
@@ -217,6 +218,7 @@ def test_command_line_composition_keeps_other_arguments(tmp_path):
         "configs/expander/lora.yaml",
         "configs/data/quickstart.yaml",
         "configs/trainer/cpu.yaml",
+        "configs/logger/tensorboard.yaml",
         "configs/quickstart.yaml",
     ]
     inline, _ = compose_args([f"--config={CONFIGS / 'quickstart.yaml'}"])
@@ -245,7 +247,7 @@ def test_unknown_group_is_a_clear_error(tmp_path, monkeypatch):
         ["--config", quickstart, "expandr=lora"],
         "unknown config group 'expandr'",
         "did you mean expander?",
-        "groups: data, expander, model, strategy, trainer",
+        "groups: data, expander, logger, model, strategy, trainer",
     )
     _fails(
         tmp_path,

@@ -173,7 +173,7 @@ def test_data_walkthrough_config_and_command_train(qa_project, tmp_path, capsys)
     main([*command[len(prefix) :], "--trainer.max_steps", "2"])
     out = capsys.readouterr().out
     assert "blockexp summary" in out and "val loss before" in out
-    checkpoints = sorted(tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt"))
+    checkpoints = sorted(tmp_path.glob("tb/version_0/checkpoints/*.ckpt"))
     assert [p.name for p in checkpoints] == ["epoch=0-step=2.ckpt"]
     ckpt = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2

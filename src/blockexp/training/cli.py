@@ -24,8 +24,9 @@ __all__ = ["BlockexpCLI"]
 class BlockexpCLI(LightningCLI):
     """LightningCLI with blockexp defaults: gradient clipping 1.0, the tokenizer given once (in
     ``model``) and linked to the data module, validation before training, rich progress bar and
-    an end-of-fit summary table. Config files compose through ``defaults:`` lists and
-    ``group=option`` overrides (:func:`blockexp.training.compose.compose_args`)."""
+    an end-of-fit summary table; TensorBoard logs under ``<default_root_dir>/tb`` unless the config
+    names a logger. Config files compose through ``defaults:`` lists and ``group=option``
+    overrides (:func:`blockexp.training.compose.compose_args`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from blockexp.training.module import BlockExpansionModule
@@ -89,9 +90,16 @@ class BlockexpCLI(LightningCLI):
                 file=sys.stderr,
             )
 
+    def before_instantiate_classes(self) -> None:
+        # a logger whose package is missing (W&B without the extra): one line, before building
+        from blockexp.training.tracking import check_logger_installed
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_logger_installed(config.get("trainer", {}).get("logger"))
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         # The rich progress bar is a default: leave it out when the user turns the bar off or
-        # brings another one.
+        # brings another one. No logger configured: TensorBoard under <default_root_dir>/tb.
         from lightning.pytorch.callbacks import ProgressBar
 
         own = [c for c in (config.get("callbacks") or []) if isinstance(c, ProgressBar)]
@@ -101,6 +109,10 @@ class BlockexpCLI(LightningCLI):
                 **self.trainer_defaults,
                 "callbacks": [c for c in defaults if not isinstance(c, RichProgressBar)],
             }
+        if config.get("logger") is None or config.get("logger") is True:  # none configured
+            from blockexp.training.tracking import default_logger
+
+            config["logger"] = default_logger(config.get("default_root_dir"))
         return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser) -> None:

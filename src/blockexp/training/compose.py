@@ -33,7 +33,7 @@ from blockexp.errors import UsageError, flatten, suggest
 __all__ = ["GROUPS", "compose_args", "compose_config", "split_overrides"]
 
 #: the config groups: ``configs/<group>/<option>.yaml``, chosen with ``group: option``
-GROUPS = ("data", "expander", "model", "strategy", "trainer")
+GROUPS = ("data", "expander", "logger", "model", "strategy", "trainer")
 CONFIG_FLAGS = ("--config", "-c")
 _OVERRIDE = re.compile(r"([A-Za-z_]\w*)=(.*)", re.DOTALL)
 
