@@ -134,7 +134,8 @@ def test_cell_configs_follow_the_cell(tmp_path, monkeypatch):
     assert config["seed_everything"] == 3 and config["data"]["init_args"]["seed"] == 3
     assert config["model"]["seed"] == 3
     assert config["model"]["output"]["export_dir"] == f"{cell}/model"
-    assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(cell)
+    logger = config["trainer"]["logger"]["init_args"]
+    assert logger["save_dir"] == str(cell) and logger["version"] == ""
     names = [cb["class_path"].rsplit(".", 1)[1] for cb in config["trainer"]["callbacks"]]
     assert names == ["ModelCheckpoint", "HeldoutLoss", "TrackParams"]
     assert read_state(cell)["status"] == "pending"

@@ -153,9 +153,14 @@ def _editor(spec: SweepSpec, cell: Cell, cell_dir: Path, dotted: dict[str, Any])
                 "init_args": {"params": params, "sweep": spec.name, "cell": cell.id},
             }
         )
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
         logger = config.trainer.get("logger")
-        for key, value in sweep_logger_overrides(logger, spec.name, cell.id).items():
-            dotted_set(config, f"trainer.logger.{key}" if key else "trainer.logger", value)
+        if isinstance(logger, DictConfig | ListConfig):
+            logger = OmegaConf.to_container(logger, resolve=False)
+        changes = sweep_logger_overrides(logger, spec.name, cell.id, params, root_dir=cell_dir)
+        if "trainer.logger" in changes:
+            config.trainer.logger = changes["trainer.logger"]
 
     return edit
 
