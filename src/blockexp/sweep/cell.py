@@ -25,7 +25,7 @@ import yaml
 from blockexp.errors import flatten
 from blockexp.io.outputs import atomic_write
 
-__all__ = ["checkpoint_to_resume", "read_state", "run_cell", "write_state"]
+__all__ = ["checkpoint_to_resume", "died", "read_state", "run_cell", "write_state"]
 
 STATE = "cell.json"
 CONFIG = "cell.yaml"
@@ -56,6 +56,14 @@ def write_state(cell_dir: Path, **changes: Any) -> dict[str, Any]:
     if _rank() == 0:
         atomic_write(Path(cell_dir) / STATE, json.dumps(state, indent=2, default=str) + "\n")
     return state
+
+
+def died(cell_dir: Path, how: str) -> dict[str, Any]:
+    """The state of a cell whose worker ended: a worker killed mid-run left ``running``."""
+    state = read_state(cell_dir)
+    if state.get("status") in ("done", "failed"):
+        return state
+    return write_state(cell_dir, status="failed", error=f"the worker {how} before the cell ended")
 
 
 def config_digest(text: str) -> str:

@@ -18,9 +18,8 @@ from typing import Any
 
 import submitit
 
-from blockexp.sweep.cell import run_cell
-from blockexp.sweep.launch import POLL_SECONDS, died
-from blockexp.sweep.progress import SweepProgress
+from blockexp.sweep.cell import died, run_cell
+from blockexp.sweep.progress import POLL_SECONDS, SweepProgress
 
 __all__ = ["CellJob", "run_submitit"]
 

@@ -19,20 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blockexp.sweep.cell import read_state, run_cell, write_state
-from blockexp.sweep.progress import SweepProgress
+from blockexp.sweep.cell import died, run_cell
+from blockexp.sweep.progress import POLL_SECONDS, SweepProgress
 
-__all__ = ["died", "run_cells"]
-
-POLL_SECONDS = 0.5
-
-
-def died(cell_dir: Path, how: str) -> dict[str, Any]:
-    """The state of a cell whose worker ended: a worker killed mid-run left ``running``."""
-    state = read_state(cell_dir)
-    if state.get("status") in ("done", "failed"):
-        return state
-    return write_state(cell_dir, status="failed", error=f"the worker {how} before the cell ended")
+__all__ = ["run_cells"]
 
 
 def _exit_text(code: int) -> str:

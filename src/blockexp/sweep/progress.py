@@ -9,7 +9,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["SweepProgress"]
+__all__ = ["POLL_SECONDS", "SweepProgress"]
+
+#: seconds between a launcher's looks at its workers
+POLL_SECONDS = 0.5
 
 
 class SweepProgress:
