@@ -250,3 +250,21 @@ def test_submitit_local_executor_runs_the_cells(tmp_path, monkeypatch):
         assert held_a == pytest.approx(held_b, rel=1e-5) and loss_a == pytest.approx(
             loss_b, rel=1e-5
         )
+
+
+@pytest.mark.parametrize("name", ["strategies", "reproduce", "trace_micro"])
+def test_shipped_sweep_files_compose_into_fit_configs(name, tmp_path, capsys, monkeypatch):
+    """Every experiment's sweep file writes its cells, and a cell's config parses as a fit
+    config (class paths and arguments checked by the parser, nothing trained)."""
+    monkeypatch.chdir(REPO)
+    sweep_file = REPO / f"experiments/{name}/sweep.yaml"
+    main(["sweep", "--config", str(sweep_file), "--dry_run", "--out", str(tmp_path / name)])
+    cells = sorted((tmp_path / name / "cells").iterdir())
+    spec = yaml.safe_load(sweep_file.read_text())
+    sizes = [len(v) for v in spec["grid"].values()]
+    assert len(cells) == sizes[0] * sizes[1]
+    capsys.readouterr()
+    main(["fit", "--config", str(cells[-1] / "cell.yaml"), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["default_root_dir"] == str(cells[-1])
+    assert printed["seed_everything"] == spec["grid"]["seed"][-1]
