@@ -144,12 +144,21 @@ class atomic_output_dir:
             release(self.lock)
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file (0666 less the umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write one file atomically: into a temporary sibling, then renamed over ``path``."""
+    """Write one file atomically: into a temporary sibling, then renamed over ``path``. The file
+    gets the usual mode (0666 less the umask), not the temporary's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
