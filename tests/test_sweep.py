@@ -268,14 +268,3 @@ def test_shipped_sweep_files_compose_into_fit_configs(name, tmp_path, capsys, mo
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["default_root_dir"] == str(cells[-1])
     assert printed["seed_everything"] == spec["grid"]["seed"][-1]
-
-
-def test_atomic_writes_get_the_usual_file_mode(tmp_path):
-    from blockexp.io.outputs import atomic_write
-
-    mask = os.umask(0o022)
-    try:
-        path = atomic_write(tmp_path / "a.json", "{}")
-        assert path.stat().st_mode & 0o777 == 0o644
-    finally:
-        os.umask(mask)
