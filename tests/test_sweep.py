@@ -264,7 +264,9 @@ def test_shipped_sweep_files_compose_into_fit_configs(name, tmp_path, capsys, mo
     sizes = [len(v) for v in spec["grid"].values()]
     assert len(cells) == sizes[0] * sizes[1]
     capsys.readouterr()
-    main(["fit", "--config", str(cells[-1] / "cell.yaml"), "--print_config"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(cells[-1] / "cell.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["default_root_dir"] == str(cells[-1])
     assert printed["seed_everything"] == spec["grid"]["seed"][-1]
