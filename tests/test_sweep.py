@@ -203,6 +203,7 @@ def _sweep_process(path: Path, *args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # about 2 minutes: three sweeps of worker processes
 def test_a_killed_worker_resumes_to_the_same_bits(tmp_path):
     """Kill a worker mid-cell; the re-run resumes from the last checkpoint and ends with the
     metrics of an uninterrupted sweep, bit for bit."""
@@ -231,6 +232,7 @@ def test_a_killed_worker_resumes_to_the_same_bits(tmp_path):
     assert _after(tmp_path / "whole") == _after(tmp_path / "split")
 
 
+@pytest.mark.slow  # about 45 s: submitit's job processes
 def test_submitit_local_executor_runs_the_cells(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     monkeypatch.chdir(REPO)
