@@ -15,7 +15,10 @@ from pathlib import Path
 from blockexp.io.outputs import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
-CORPORA = {"general": REPO / "data/quickstart/general.jsonl", "domain": REPO / "data/quickstart/domain.jsonl"}
+CORPORA = {
+    "general": REPO / "data/quickstart/general.jsonl",
+    "domain": REPO / "data/quickstart/domain.jsonl",
+}
 EVERY = 10
 
 
