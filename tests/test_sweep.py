@@ -272,3 +272,21 @@ def test_shipped_sweep_files_compose_into_fit_configs(name, tmp_path, capsys, mo
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["default_root_dir"] == str(cells[-1])
     assert printed["seed_everything"] == spec["grid"]["seed"][-1]
+
+
+@pytest.mark.parametrize("stop", [SystemExit, KeyboardInterrupt])
+def test_a_stopped_fit_is_not_recorded_as_done(tmp_path, monkeypatch, stop):
+    """SIGTERM makes Lightning leave the fit with SystemExit; Ctrl-C raises KeyboardInterrupt:
+    the cell is failed (to be resumed), never done, and the stop goes on up."""
+    import blockexp.sweep.cell as cell_module
+
+    (tmp_path / "cell.yaml").write_text("trainer: {callbacks: []}\n")
+
+    def stopped(argv):
+        raise stop()
+
+    monkeypatch.setattr(cell_module, "_fit", stopped)
+    with pytest.raises(stop):
+        cell_module.run_cell(tmp_path)
+    state = read_state(tmp_path)
+    assert state["status"] == "failed" and "interrupted" in state["error"], state

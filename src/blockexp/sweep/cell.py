@@ -125,17 +125,14 @@ def run_cell(cell_dir: str | Path) -> dict[str, Any]:
     previous = float(state.get("seconds") or 0.0)
     try:
         cli = _fit(argv)
-    except (KeyboardInterrupt, SystemExit) as err:
-        if isinstance(err, SystemExit) and err.code in (0, None):
-            cli = None
-        else:
-            write_state(
-                cell_dir,
-                status="failed",
-                error=f"interrupted ({type(err).__name__})",
-                seconds=previous + time.perf_counter() - start,
-            )
-            raise
+    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (Lightning's exit)
+        write_state(
+            cell_dir,
+            status="failed",
+            error=f"interrupted ({type(err).__name__}); run the sweep again to resume",
+            seconds=previous + time.perf_counter() - start,
+        )
+        raise
     except Exception as err:
         atomic_write(cell_dir / "error.txt", traceback.format_exc())
         return write_state(
@@ -146,11 +143,11 @@ def run_cell(cell_dir: str | Path) -> dict[str, Any]:
             finished=_now(),
         )
     trainer = getattr(cli, "trainer", None)
-    if trainer is not None and trainer.interrupted:
+    if trainer is None or trainer.interrupted or not trainer.state.finished:
         return write_state(
             cell_dir,
             status="failed",
-            error="interrupted: the trainer stopped before the end",
+            error="interrupted: the fit stopped before its end; run the sweep again to resume",
             seconds=previous + time.perf_counter() - start,
         )
     return write_state(
