@@ -91,7 +91,8 @@ def test_rst_prose_keeps_paragraphs_and_drops_code():
 @pytest.mark.slow
 def test_reproduce_experiment_smoke(tmp_path, monkeypatch):
     """prepare.py --smoke, base.yaml and sweep.yaml end to end on a fake documentation package
-    (two strategies, three seeds, a few steps)."""
+    (two strategies, three seeds, a few steps; 300 documents, so the held-out prose pool holds
+    more than one 256-token block)."""
     import csv
 
     prepare = _load_reproduce()
@@ -107,7 +108,7 @@ def test_reproduce_experiment_smoke(tmp_path, monkeypatch):
             for j in range(3)
         )
 
-    sources = {f"doc{i}": f"Heading\n=======\n\n{para(i)}\n\n{para(i + 1)}\n" for i in range(60)}
+    sources = {f"doc{i}": f"Heading\n=======\n\n{para(i)}\n\n{para(i + 1)}\n" for i in range(300)}
     _fake_doc_deb(out / "downloads" / "python3.11-doc_0_all.deb", sources)
     info = prepare.main(["--smoke"])
     assert info["tasks"] == ["repro_cloze", "repro_choice", "repro_complete", "repro_code_line"]
