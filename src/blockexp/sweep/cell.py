@@ -24,6 +24,7 @@ import yaml
 
 from blockexp.errors import flatten
 from blockexp.io.outputs import atomic_write
+from blockexp.sweep.cellconfig import checkpoint_dirpaths
 
 __all__ = ["checkpoint_to_resume", "died", "read_state", "run_cell", "write_state"]
 
@@ -74,11 +75,8 @@ def checkpoint_to_resume(cell_dir: Path) -> Path | None:
     """The checkpoint an interrupted cell resumes from: ``last.ckpt`` of its checkpoint
     directory (the newest ``*.ckpt`` when there is no ``last.ckpt``), or None."""
     config = yaml.safe_load((Path(cell_dir) / CONFIG).read_text()) or {}
-    folders = [
-        Path((cb.get("init_args") or {}).get("dirpath") or Path(cell_dir) / "checkpoints")
-        for cb in (config.get("trainer") or {}).get("callbacks") or []
-        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint")
-    ]
+    default = Path(cell_dir) / "checkpoints"
+    folders = [Path(dirpath or default) for dirpath in checkpoint_dirpaths(config)]
     for folder in folders:
         if (folder / "last.ckpt").is_file():
             return folder / "last.ckpt"

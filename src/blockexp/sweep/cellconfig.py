@@ -27,7 +27,7 @@ from blockexp.errors import UsageError
 from blockexp.sweep.grid import Cell, split_overrides
 from blockexp.sweep.spec import SweepSpec
 
-__all__ = ["build_cell_config", "cell_yaml", "dotted_set"]
+__all__ = ["build_cell_config", "cell_yaml", "checkpoint_dirpaths", "dotted_set"]
 
 _CLASS_KEYS = ("class_path", "init_args", "dict_kwargs")
 CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
@@ -165,15 +165,22 @@ def _editor(spec: SweepSpec, cell: Cell, cell_dir: Path, dotted: dict[str, Any])
     return edit
 
 
+def checkpoint_dirpaths(config: dict) -> list[str | None]:
+    """The ``dirpath`` of every ``ModelCheckpoint`` of a composed config (None: not set)."""
+    return [
+        (cb.get("init_args") or {}).get("dirpath")
+        for cb in (config.get("trainer") or {}).get("callbacks") or []
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint")
+    ]
+
+
 def _paths(config: dict) -> dict[str, str]:
     """The output paths of a composed config that must lie in the cell's directory."""
     trainer = config.get("trainer") or {}
     out: dict[str, str] = {}
-    for cb in trainer.get("callbacks") or []:
-        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
-            dirpath = (cb.get("init_args") or {}).get("dirpath")
-            if dirpath:
-                out["ModelCheckpoint dirpath"] = dirpath
+    for dirpath in checkpoint_dirpaths(config):
+        if dirpath:
+            out["ModelCheckpoint dirpath"] = dirpath
     loggers = trainer.get("logger")
     for lg in loggers if isinstance(loggers, list) else [loggers]:
         if isinstance(lg, dict):

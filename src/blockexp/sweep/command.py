@@ -47,12 +47,13 @@ def prepare_cells(spec: SweepSpec, cells: list[Cell]) -> list[Path]:
 
     out = spec.out
     texts: dict[Path, str] = {}
+    states: dict[Path, dict[str, Any]] = {}
     changed: list[str] = []
     for cell in cells:
         cell_dir = out / "cells" / cell.id
         config = build_cell_config(spec, cell, cell_dir, shared_ok=len(cells) == 1)
         text = cell_yaml(spec, cell, config)
-        state = read_state(cell_dir)
+        state = states[cell_dir] = read_state(cell_dir)
         started = state.get("status") not in (None, "pending")
         if started and state.get("config_digest") != config_digest(text):
             changed.append(cell.id)
@@ -66,7 +67,8 @@ def prepare_cells(spec: SweepSpec, cells: list[Cell]) -> list[Path]:
     for cell, (cell_dir, text) in zip(cells, texts.items(), strict=True):
         if not (cell_dir / CONFIG).is_file() or (cell_dir / CONFIG).read_text() != text:
             atomic_write(cell_dir / CONFIG, text)
-        if not read_state(cell_dir):
+        digest = config_digest(text)
+        if not states[cell_dir]:
             write_state(
                 cell_dir,
                 sweep=spec.name,
@@ -75,10 +77,10 @@ def prepare_cells(spec: SweepSpec, cells: list[Cell]) -> list[Path]:
                 status="pending",
                 error=None,
                 config=CONFIG,
-                config_digest=config_digest(text),
+                config_digest=digest,
             )
-        else:
-            write_state(cell_dir, params=cell.params, config_digest=config_digest(text))
+        elif states[cell_dir].get("config_digest") != digest:  # a pending cell's new config
+            write_state(cell_dir, params=cell.params, config_digest=digest)
     return list(texts)
 
 
@@ -156,17 +158,18 @@ def sweep(
         dirs = prepare_cells(spec, cells)
         atomic_write(spec.out / "sweep.json", _sweep_json(spec, cells))
         chosen = {spec.out / "cells" / c.id for c in _select(cells, only)}
-        todo = [d for d in dirs if d in chosen and read_state(d).get("status") != "done"]
-        busy = [d for d in todo if _alive(read_state(d))]
+        before = {d: read_state(d) for d in dirs}
+        todo = [d for d in dirs if d in chosen and before[d].get("status") != "done"]
+        busy = [d for d in todo if _alive(before[d])]
         todo = [d for d in todo if d not in busy]
-        done = sum(read_state(d).get("status") == "done" for d in dirs if d in chosen)
+        done = sum(before[d].get("status") == "done" for d in dirs if d in chosen)
         print(
             f"sweep {spec.name}: {len(cells)} cells in {spec.out} ({done} done, {len(todo)} to "
             f"run, {len(busy)} running elsewhere); launcher {spec.launcher['name']}"
         )
         if dry_run:
             for d in dirs:
-                print(f"  {read_state(d).get('status', 'pending'):8} {d / CONFIG}")
+                print(f"  {before[d].get('status', 'pending'):8} {d / CONFIG}")
             return {"out": str(spec.out), "cells": [str(d) for d in dirs]}
         parallel = int(spec.launcher.get("workers", 1)) if spec.launcher["name"] != "inline" else 1
         with SweepProgress(len(chosen), done, parallel) as progress:
