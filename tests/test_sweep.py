@@ -110,6 +110,7 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, monkeypatch):
         f"recipe: {RECIPE}\nlauncher: slrum": "unknown launcher 'slrum'",
         f"recipe: {RECIPE}\nevaluate: {{heldot: {{}}}}": "unknown evaluation 'heldot'",
         f"recipe: {RECIPE}\ngrid: {{seed: 3}}": "grid.seed is a non-empty list",
+        "recipe: r.yaml\ngrid: [1\n": "bad.yaml:3: invalid YAML",
     }
     for text, message in cases.items():
         bad.write_text(text)

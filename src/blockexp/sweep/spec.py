@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from blockexp.errors import UsageError, suggest
+from blockexp.training.compose import yaml_problem
 
 __all__ = ["LAUNCHERS", "SweepSpec", "load_sweep", "parse_set"]
 
@@ -108,9 +109,7 @@ def load_sweep(
     try:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{file}{line}: invalid YAML: {getattr(err, 'problem', err)}") from err
+        raise UsageError(yaml_problem(file, err)) from err
     if not isinstance(data, dict):
         raise UsageError(f"{file}: a sweep file holds keys ({', '.join(KEYS)})")
     unknown = [k for k in data if k not in KEYS]

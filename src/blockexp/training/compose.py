@@ -30,7 +30,7 @@ import yaml
 
 from blockexp.errors import UsageError, flatten, suggest
 
-__all__ = ["GROUPS", "compose_args", "compose_config", "split_overrides"]
+__all__ = ["GROUPS", "compose_args", "compose_config", "split_overrides", "yaml_problem"]
 
 #: the config groups: ``configs/<group>/<option>.yaml``, chosen with ``group: option``
 GROUPS = ("data", "expander", "logger", "model", "strategy", "trainer")
@@ -44,7 +44,8 @@ def _show(path: Path) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
-def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+def yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    """``FILE:LINE: invalid YAML: PROBLEM``, the file as the user reads it."""
     mark = getattr(err, "problem_mark", None)
     where = f"{_show(path)}:{mark.line + 1}" if mark is not None else _show(path)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
@@ -102,7 +103,7 @@ class _Composer:
             try:
                 self.read[resolved] = yaml.safe_load(resolved.read_text())
             except yaml.YAMLError as err:
-                raise UsageError(_yaml_problem(path, err)) from err
+                raise UsageError(yaml_problem(path, err)) from err
             except UnicodeDecodeError as err:
                 raise UsageError(
                     f"{_show(path)}: not UTF-8 text ({err.reason} at byte {err.start})"
@@ -121,7 +122,7 @@ class _Composer:
             try:
                 config = OmegaConf.load(resolved)
             except yaml.YAMLError as err:
-                raise UsageError(_yaml_problem(path, err)) from err
+                raise UsageError(yaml_problem(path, err)) from err
             except OmegaConfBaseException as err:
                 raise UsageError(f"{_show(path)}: {flatten(str(err))}") from err
             assert isinstance(config, DictConfig)
