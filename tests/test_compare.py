@@ -208,7 +208,7 @@ def test_trace_runs_give_op_bwt_intervals_and_the_heatmap(tmp_path):
     summary = pd.read_csv(out / "summary.csv").set_index(["group", "metric"])
     for strategy in ("LlamaPro", "LoRA"):
         runs = [_trace_R(TRACE_SCORES[(strategy, s)]) for s in (0, 1)]
-        for key in ("OP", "BWT"):
+        for key in ("OP", "BWT", "BWT_trace"):
             values = [r[key][-1] for r in runs]
             row = summary.loc[(f"strategy={strategy}", f"trace/{key}")]
             low, high = stats.t.interval(

@@ -386,10 +386,14 @@ def test_released_layout_config_runs_unchanged(tmp_path, monkeypatch):
     t = 8
     assert results["OP"][-1] == pytest.approx(R[t - 1].mean())
     assert results["BWT"][-1] == pytest.approx((R[t - 1] - np.diag(R)).sum() / t)
+    assert results["BWT_trace"][-1] == pytest.approx((R[t - 1] - np.diag(R)).sum() / (t - 1))
+    assert set(results["BWT_definitions"]) == {"BWT", "BWT_trace"}
     rows = list(csv.reader((out / "trace" / "R.csv").open()))
     assert rows[0] == ["round", "trained", *TRACE_ORDER] and len(rows) == 9
     assert (out / "trace" / "R.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| OP |" in (out / "trace" / "summary.md").read_text()
+    summary = (out / "trace" / "summary.md").read_text()
+    assert "| OP |" in summary and "| BWT (LLaMA Pro eq. 7) |" in summary
+    assert "| BWT (TRACE paper) |" in summary
     predictions = out / "trace" / "predictions"
     assert len(list(predictions.glob("round*_*.jsonl"))) == 36
     assert len(list(predictions.glob("results-*-*-*.json"))) == 36

@@ -21,7 +21,14 @@ from blockexp.io.outputs import atomic_write
 
 __all__ = ["HEADLINE", "compare", "default_out"]
 
-HEADLINE = ("forgetting", "gain", "trace/OP", "trace/BWT", "general/mean/change")
+HEADLINE = (
+    "forgetting",
+    "gain",
+    "trace/OP",
+    "trace/BWT",
+    "trace/BWT_trace",
+    "general/mean/change",
+)
 """The metrics printed when ``--metrics`` is not given (those the runs have)."""
 
 

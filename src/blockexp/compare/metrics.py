@@ -8,8 +8,9 @@
   ``general/<task>/start|end``, ``general/mean/start|end`` and ``general/mean/change``; "start"
   is the entry labelled ``start``, "end" the one labelled ``end`` or else the last entry after
   the start (a TRACE run's last round).
-* ``trace/R.json`` (:class:`~blockexp.trace.callback.TRACECallback`): ``trace/OP`` and
-  ``trace/BWT`` of the last round done, as the callback computed them, and R itself.
+* ``trace/R.json`` (:class:`~blockexp.trace.callback.TRACECallback`): ``trace/OP``,
+  ``trace/BWT`` (LLaMA Pro eq. 7) and ``trace/BWT_trace`` (TRACE paper) of the last round done,
+  as the callback computed them, and R itself.
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ def general_metrics(data: dict[str, Any]) -> dict[str, float]:
 
 
 def trace_metrics(data: dict[str, Any]) -> tuple[dict[str, float], list[str], list[list]]:
-    """``({"trace/OP", "trace/BWT"}, tasks, R)`` of an R.json: OP and BWT of the last round done
-    (the callback's own values), the task names and R (``None`` where not evaluated)."""
+    """``({"trace/OP", "trace/BWT", "trace/BWT_trace"}, tasks, R)`` of an R.json: OP and both BWTs
+    (LLaMA Pro eq. 7; the TRACE paper's) of the last round done (the callback's own values), the
+    task names and R (``None`` where not evaluated)."""
     out: dict[str, float] = {}
-    for key in ("OP", "BWT"):
+    for key in ("OP", "BWT", "BWT_trace"):
         series = data.get(key) or []
         if series and (value := _number(series[-1])) is not None:
             out[f"trace/{key}"] = value

@@ -1,7 +1,7 @@
 """The TRACE callback: orchestrates a TRACE run and records the score matrix R, OP and BWT.
 
 Schedule, evaluation and reports live in :mod:`blockexp.trace`; OP and BWT are LLaMA Pro's
-eqs. 6-7 (Sec. 4.4).
+eqs. 6-7 (Sec. 4.4), and the TRACE paper's BWT is reported beside (:mod:`blockexp.trace.matrix`).
 
 Used with :class:`blockexp.trace.data.TRACEDataModule` in a single ``trainer.fit``. At set-up it sets
 ``trainer.reload_dataloaders_every_n_epochs = 1`` (the data module serves the task of the
@@ -19,7 +19,7 @@ Optimizer and schedule follow the data module's ``protocol``
 After the last epoch of task ``t`` the tasks chosen by ``eval_tasks`` (``seen``: tasks 1..t) are
 scored by generation with the protocol's decoding, and row ``t`` of R is filled. Outputs in
 ``output_dir`` (default ``<default_root_dir>/trace``), rewritten atomically after every round:
-``R.csv``, ``R.json`` (R, OP_t, BWT_t and the settings), ``R.png`` (heatmap and OP/BWT curves),
+``R.csv``, ``R.json`` (R, OP_t, both BWT_t and the settings), ``R.png`` (heatmap and OP/BWT curves),
 ``summary.md`` (the layout of the LLaMA Pro paper's Tables 11-13), and per round and task
 ``predictions/round<t>_<task>.jsonl`` plus TRACE's ``predictions/results-<t-1>-<i>-<task>.json``
 (:mod:`blockexp.trace.report`). With ``save_round_models`` every round's model is written as
@@ -192,14 +192,15 @@ class TRACECallback(L.Callback):
         t = task + 1
         op = overall_performance(self.R[:t], t)
         bwt = backward_transfer(self.R[:t], t)
-        logs = {"trace/OP": op, "trace/BWT": bwt}
+        bwt_trace = backward_transfer(self.R[:t], t, "trace")
+        logs = {"trace/OP": op, "trace/BWT": bwt, "trace/BWT_trace": bwt_trace}
         logs.update({f"trace/{name}": s for name, s in scores.items()})
         pl_module.log_dict({k: float(v) for k, v in logs.items()}, on_epoch=True, on_step=False)
         if trainer.is_global_zero:
             self.write_reports(dm)
             self.console.print(
                 f"[bold]TRACE round {t}/{len(self.tasks)}[/] (trained {self.tasks[task]}): "
-                f"OP {op:.3f}  BWT {bwt:.3f}"
+                f"OP {op:.3f}  BWT {bwt:.3f} (LLaMA Pro eq. 7; TRACE paper's {bwt_trace:.3f})"
             )
 
     @rank_zero_only

@@ -1,14 +1,19 @@
 """Continual-learning scores over a score matrix ``R`` (rounds x tasks).
 
 ``R[t][i]`` (0-based) is the score on task ``i`` after training through task ``t``. With 1-based
-indices as in the LLaMA Pro paper (Wu et al., 2024, Sec. 4.4, eqs. 6-7), after learning task ``t``:
+indices, after learning task ``t``:
 
-    OP_t  = 1/t * sum_{i=1..t} R_{t,i}
-    BWT_t = 1/t * sum_{i=1..t} (R_{t,i} - R_{i,i})
+    OP_t                 = 1/t     * sum_{i=1..t}   R_{t,i}                 (both papers)
+    BWT_t  (llama_pro)   = 1/t     * sum_{i=1..t}   (R_{t,i} - R_{i,i})     LLaMA Pro eq. 7
+    BWT_t  (trace)       = 1/(t-1) * sum_{i=1..t-1} (R_{t,i} - R_{i,i})     TRACE paper
 
-BWT is averaged over all ``t`` tasks seen (the term ``i = t`` is zero), which reproduces the
-paper's Tables 11-13 (e.g. block expansion: OP 0.465, BWT -0.143). Entries above the diagonal
-(tasks not trained yet) are ignored by both scores.
+The LLaMA Pro paper (Wu et al., 2024, Sec. 4.4, eqs. 6-7) averages BWT over all ``t`` tasks seen
+(the term ``i = t`` is zero), which reproduces its Tables 11-13 (e.g. block expansion: OP 0.465,
+BWT -0.143); that is the default. The TRACE paper (Wang et al., 2023, arXiv:2310.06762v1, Sec. 3)
+introduces OP and BWT with the same sentence, but the BWT of each of its detailed tables (appendix
+Tables 7-16: SeqFT and LoRA on five models) is the average over the ``t - 1`` earlier tasks, so
+TRACE's BWT is ``t / (t - 1)`` times LLaMA Pro's (-0.163 for LLaMA Pro's Table 13). Both are 0
+after the first round. Entries above the diagonal (tasks not trained yet) are ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +22,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["as_score_matrix", "backward_transfer", "overall_performance"]
+__all__ = [
+    "BWT_DEFINITIONS",
+    "as_score_matrix",
+    "backward_transfer",
+    "overall_performance",
+]
+
+#: The published BWT definitions, by source: name -> (formula, where it is defined).
+BWT_DEFINITIONS: dict[str, tuple[str, str]] = {
+    "llama_pro": (
+        "1/t * sum_{i<=t} (R_{t,i} - R_{i,i})",
+        "LLaMA Pro (Wu et al., 2024), eq. 7; reproduces its Tables 11-13",
+    ),
+    "trace": (
+        "1/(t-1) * sum_{i<t} (R_{t,i} - R_{i,i})",
+        "TRACE (Wang et al., 2023), Sec. 3; reproduces its appendix Tables 7-16",
+    ),
+}
 
 
 def as_score_matrix(R: Sequence[Sequence[float | None]] | np.ndarray) -> np.ndarray:
@@ -79,13 +101,28 @@ def overall_performance(
 
 
 def backward_transfer(
-    R: Sequence[Sequence[float | None]] | np.ndarray, t: int | None = None
+    R: Sequence[Sequence[float | None]] | np.ndarray,
+    t: int | None = None,
+    definition: str = "llama_pro",
 ) -> float:
-    """Backward transfer BWT_t (eq. 7): mean change on tasks 1..t since each was learned.
+    """Backward transfer BWT_t: mean change on the tasks learned before round ``t``.
 
-    ``R`` and ``t`` as in :func:`overall_performance`. Returns BWT_t as a float (negative means
-    forgetting); ``BWT_1 == 0``.
+    Args:
+        R, t: as in :func:`overall_performance`.
+        definition: ``llama_pro`` (default; LLaMA Pro eq. 7, divides by ``t``) or ``trace``
+            (the TRACE paper's, divides by the ``t - 1`` earlier tasks): see
+            :data:`BWT_DEFINITIONS`.
+
+    Returns:
+        BWT_t as a float (negative means forgetting); 0.0 after the first round under both.
     """
+    if definition not in BWT_DEFINITIONS:
+        raise ValueError(
+            f"unknown BWT definition {definition!r}: use one of {', '.join(BWT_DEFINITIONS)}"
+        )
     arr = as_score_matrix(R)
     t = _rounds(arr, t)
-    return float((arr[t - 1, :t] - np.diag(arr)[:t]).sum() / t)
+    change = float((arr[t - 1, :t] - np.diag(arr)[:t]).sum())
+    if definition == "llama_pro":
+        return change / t
+    return change / (t - 1) if t > 1 else 0.0

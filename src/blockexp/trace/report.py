@@ -21,7 +21,7 @@ import numpy as np
 from rich.table import Table
 
 from blockexp.io.outputs import atomic_write
-from blockexp.trace.matrix import backward_transfer, overall_performance
+from blockexp.trace.matrix import BWT_DEFINITIONS, backward_transfer, overall_performance
 
 if TYPE_CHECKING:
     from blockexp.trace.scoring import TaskResult
@@ -36,13 +36,19 @@ __all__ = [
 ]
 
 
+#: Row labels of the two BWTs (:data:`~blockexp.trace.matrix.BWT_DEFINITIONS`), named by source.
+BWT_LABELS = {"llama_pro": "BWT (LLaMA Pro eq. 7)", "trace": "BWT (TRACE paper)"}
+#: Their keys in R.json: ``BWT`` is LLaMA Pro's (the default), ``BWT_trace`` the TRACE paper's.
+BWT_KEYS = {"llama_pro": "BWT", "trace": "BWT_trace"}
+
+
 def _rounds_done(R: np.ndarray) -> int:
     return int((~np.isnan(np.diag(R))).sum())
 
 
 def render_summary(tasks: list[str], R: np.ndarray) -> tuple[Table, str]:
-    """The score table in the LLaMA Pro paper's layout (tasks x rounds, then OP and BWT) as a
-    rich table and as Markdown. Entries never evaluated show ``-``."""
+    """The score table in the LLaMA Pro paper's layout (tasks x rounds, then OP and both BWTs, each
+    labelled by its source) as a rich table and as Markdown. Entries never evaluated show ``-``."""
     rounds = _rounds_done(R)
     table = Table(title="TRACE: score on each task (rows) after each round (columns)")
     table.add_column("Task \\ Round", style="bold")
@@ -55,18 +61,20 @@ def render_summary(tasks: list[str], R: np.ndarray) -> tuple[Table, str]:
         table.add_row(task, *cells)
         md.append(f"| {task} | " + " | ".join(cells) + " |")
     if rounds:
-        op = overall_performance(R[:rounds], rounds)
-        bwt = backward_transfer(R[:rounds], rounds)
         pad = [""] * (rounds - 1)
-        table.add_row("OP", *pad, f"{op:.3f}", style="bold green")
-        table.add_row("BWT", *pad, f"{bwt:.3f}", style="bold green")
-        md.append("| OP | " + " | ".join([*pad, f"{op:.3f}"]) + " |")
-        md.append("| BWT | " + " | ".join([*pad, f"{bwt:.3f}"]) + " |")
+        op = overall_performance(R[:rounds], rounds)
+        rows = [("OP", op)] + [
+            (BWT_LABELS[d], backward_transfer(R[:rounds], rounds, d)) for d in BWT_DEFINITIONS
+        ]
+        for label, value in rows:
+            table.add_row(label, *pad, f"{value:.3f}", style="bold green")
+            md.append(f"| {label} | " + " | ".join([*pad, f"{value:.3f}"]) + " |")
     return table, "\n".join(md) + "\n"
 
 
 def results(tasks: list[str], R: np.ndarray, **info: Any) -> dict[str, Any]:
-    """R, OP_t and BWT_t of the rounds done so far, plus ``info`` (metrics, protocol, ...)."""
+    """R, OP_t and both BWT_t (``BWT``: LLaMA Pro eq. 7; ``BWT_trace``: the TRACE paper's) of the
+    rounds done so far, plus ``info`` (metrics, protocol, ...)."""
     rounds = _rounds_done(R)
     return {
         "tasks": list(tasks),
@@ -75,7 +83,14 @@ def results(tasks: list[str], R: np.ndarray, **info: Any) -> dict[str, Any]:
         "evaluations": int((~np.isnan(R)).sum()),
         "R": [[None if math.isnan(v) else float(v) for v in row] for row in R],
         "OP": [overall_performance(R[:t], t) for t in range(1, rounds + 1)],
-        "BWT": [backward_transfer(R[:t], t) for t in range(1, rounds + 1)],
+        **{
+            BWT_KEYS[d]: [backward_transfer(R[:t], t, d) for t in range(1, rounds + 1)]
+            for d in BWT_DEFINITIONS
+        },
+        "BWT_definitions": {
+            BWT_KEYS[d]: f"{d}: {formula} ({source})"
+            for d, (formula, source) in BWT_DEFINITIONS.items()
+        },
     }
 
 
@@ -102,7 +117,8 @@ def heatmap_png(tasks: list[str], R: np.ndarray) -> bytes:
     xs = list(range(1, rounds + 1))
     if rounds:
         curve.plot(xs, [overall_performance(R[:t], t) for t in xs], "o-", label="OP")
-        curve.plot(xs, [backward_transfer(R[:t], t) for t in xs], "s-", label="BWT")
+        for (d, label), style in zip(BWT_LABELS.items(), ("s-", "v--"), strict=True):
+            curve.plot(xs, [backward_transfer(R[:t], t, d) for t in xs], style, label=label)
         curve.legend()
     curve.axhline(0.0, color="grey", linewidth=0.5)
     curve.set_xlim(0.5, n + 0.5)
