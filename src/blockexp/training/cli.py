@@ -18,7 +18,20 @@ from lightning.pytorch.cli import LightningCLI
 from blockexp.errors import PARSER_KWARGS, UsageError, explain_usage
 from blockexp.training.compose import compose_args
 
-__all__ = ["BlockexpCLI"]
+__all__ = ["BlockexpCLI", "with_atomic_checkpoints"]
+
+
+def with_atomic_checkpoints(plugins: Any) -> list[Any]:
+    """The trainer's plugins with :class:`~blockexp.training.checkpoint_io.AtomicCheckpointIO`
+    added, unless one of them already is a checkpoint writer (the user's own is kept)."""
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+    from blockexp.training.checkpoint_io import AtomicCheckpointIO
+
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 class BlockexpCLI(LightningCLI):
@@ -34,14 +47,11 @@ class BlockexpCLI(LightningCLI):
 
         kwargs.setdefault("model_class", BlockExpansionModule)
         kwargs.setdefault("subclass_mode_data", True)
-        from blockexp.training.checkpoint_io import AtomicCheckpointIO
-
+        # Atomic checkpoint writing is added when the trainer is built (_instantiate_trainer), not
+        # as a default plugin: a plugin instance is not a config value, so `--print_config` could
+        # not write it and its output could not be read back.
         kwargs.setdefault(
-            "trainer_defaults",
-            {
-                "callbacks": [RichProgressBar(), ExpansionSummary()],
-                "plugins": [AtomicCheckpointIO()],
-            },
+            "trainer_defaults", {"callbacks": [RichProgressBar(), ExpansionSummary()]}
         )
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # Parse errors raise (one line, blockexp.errors.explain_usage) instead of printing usage.
@@ -113,6 +123,7 @@ class BlockexpCLI(LightningCLI):
             from blockexp.training.tracking import default_logger
 
             config["logger"] = default_logger(config.get("default_root_dir"))
+        config["plugins"] = with_atomic_checkpoints(config.get("plugins"))
         return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser) -> None:
