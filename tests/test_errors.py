@@ -198,3 +198,21 @@ def test_fit_refuses_an_unsupported_architecture_before_loading_weights(quick, t
     (base / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
     line = _one_line(capsys, [*quick, "--model.base", str(base)])
     _has(line, str(base), "'gpt2'", "supports:", "llama", "register_arch")
+
+
+# ---------------------------------------- 8. an accelerator this machine lacks, before loading
+def test_gpu_on_a_cpu_machine_is_refused_before_loading(quick, capsys, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from blockexp.training.cli import BlockexpCLI
+
+    built = []
+    original = BlockexpCLI.instantiate_classes
+    monkeypatch.setattr(
+        BlockexpCLI, "instantiate_classes", lambda self: built.append(1) or original(self)
+    )
+    line = _one_line(capsys, [*quick, "--trainer.accelerator", "gpu"])
+    _has(line, "--trainer.accelerator gpu", "CUDA", "--trainer.accelerator cpu")
+    assert not built  # refused before the model, the data or the trainer were built
