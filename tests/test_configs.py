@@ -396,3 +396,24 @@ def test_errors_reach_the_command_line_in_one_line(tmp_path, capsys, monkeypatch
         main(["fit", "--config", str(recipe)])
     line = capsys.readouterr().err.splitlines()[0]
     assert "'model.lrr'" in line and str(piece) in line, line
+
+
+def test_one_flag_moves_every_output_of_a_run(capsys, monkeypatch, tmp_path):
+    """`--trainer.default_root_dir DIR` (either spelling) moves the checkpoints, the logs and the
+    export that the recipe builds on it, as the run-directory error message promises."""
+    monkeypatch.chdir(REPO)
+    for flag in (
+        ["--trainer.default_root_dir", str(tmp_path)],
+        [f"--trainer.default_root_dir={tmp_path}"],
+    ):
+        printed = yaml.safe_load(_printed(["--config", "configs/quickstart.yaml", *flag], capsys))
+        trainer = printed["trainer"]
+        assert trainer["default_root_dir"] == str(tmp_path)
+        assert trainer["callbacks"][0]["init_args"]["dirpath"] == f"{tmp_path}/checkpoints"
+        assert trainer["logger"]["init_args"]["save_dir"] == str(tmp_path)
+        assert printed["model"]["output"]["export_dir"] == f"{tmp_path}/model"
+    # an option no interpolation refers to is left to the parser alone
+    printed = yaml.safe_load(
+        _printed(["--config", "configs/quickstart.yaml", "--trainer.max_steps", "3"], capsys)
+    )
+    assert printed["trainer"]["max_steps"] == 3

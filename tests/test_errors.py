@@ -161,6 +161,20 @@ def test_a_jsonl_line_that_is_not_an_object(content, line_no, kind, quick, tmp_p
     _has(line, f"bad.jsonl:{line_no}", kind, 'expected a JSON object with a "text" field')
 
 
+def test_a_latin1_text_file_names_the_encoding_and_the_conversion(quick, tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    text = "Ein Absatz über Käse und Brötchen.\n\nDer zweite Absatz: Grüße aus München, Köln.\n"
+    bad.write_bytes(("Erste Zeile\n" + text * 20).encode("latin-1"))
+    line = _one_line(capsys, [*quick, *_sources(bad)])
+    _has(line, f"{bad}:2", "not valid UTF-8", "Windows-1252/Latin-1", "iconv -f CP1252 -t UTF-8")
+    _has(line, str(tmp_path / "notes.utf8.txt"))
+    # and the conversion it names gives a file that is read
+    encoding = line.split("iconv -f ")[1].split()[0]
+    assert (
+        bad.read_bytes().decode(encoding).encode("utf-8").decode("utf-8").startswith("Erste")
+    )
+
+
 # ------------------------------------------------------------ 5. a directory as a checkpoint
 def test_export_of_a_directory_names_the_checkpoint_inside(tmp_path, capsys):
     run = tmp_path / "ckpt"

@@ -85,10 +85,11 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, Any]]:
     if not head.startswith(b"[") or (path.suffix.lower() == ".jsonl" and _first_line_is_json(path)):
         yield from _iter_json_lines(path)
         return
+    data = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+        raise _not_utf8(path, data, err) from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         decoder = json.JSONDecoder()
@@ -159,6 +160,28 @@ def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             yield lineno, record
 
 
+def _not_utf8(path: Path, data: bytes, err: UnicodeDecodeError) -> DataError:
+    """The error for a file that is not UTF-8: where (line and byte), the encoding it most likely
+    is and the ``iconv`` command that converts it. Text that decodes as Windows-1252 (a superset
+    of Latin-1's printable range: most Western European files) is named so; otherwise
+    charset-normalizer's guess is given as a guess."""
+    line = data[: err.start].count(b"\n") + 1
+    try:
+        data.decode("cp1252")
+        encoding, seems = "CP1252", "it looks like Windows-1252/Latin-1 (Western European)"
+    except UnicodeDecodeError:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data[:1_000_000]).best()
+        encoding = best.encoding.upper().replace("_", "-") if best is not None else "LATIN1"
+        seems = f"its encoding may be {encoding} (a guess)" if best is not None else "unknown"
+    return DataError(
+        f"{path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start}); {seems}: convert "
+        f"it with `iconv -f {encoding} -t UTF-8 {path} > {path.with_suffix('.utf8' + path.suffix)}`"
+        " and point the data source at the converted file"
+    )
+
+
 def iter_paragraphs(path: str | Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line, document)`` from a text file whose documents are separated by blank lines.
 
@@ -172,10 +195,11 @@ def iter_paragraphs(path: str | Path) -> Iterator[tuple[int, str]]:
         DataError: on a directory; on invalid UTF-8, with file and byte.
     """
     path = check_data_file(path, "data file")
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+        raise _not_utf8(path, data, err) from None
     line = 1
     for chunk in text.split("\n\n"):
         if chunk.strip():

@@ -94,8 +94,16 @@ def load_config(spec: ModelSpec, trust_remote_code: bool = False) -> PretrainedC
     if path is not None and path.is_file():
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{path} is a file that is not a model config (not valid JSON: {err}): the base "
+                "must be a Hugging Face model directory, a hub id, or a config.json file"
+            ) from err
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path} holds JSON but not a model config (an object with 'model_type'): the "
+                "base must be a Hugging Face model directory, a hub id, or a config.json file"
+            )
         return config_from_dict(data, source=str(path))
     if path is not None and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face model directory?")

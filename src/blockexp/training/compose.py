@@ -273,8 +273,58 @@ _YAMLText.add_representer(
 )
 
 
+_REFERENCE = re.compile(r"\$\{([\w.]+)\}")
+
+
+def _option_values(argv: list[str]) -> dict[str, str]:
+    """``{key: value}`` of the dotted options in ``argv`` (``--key value`` or ``--key=value``)."""
+    out: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--") or arg.split("=")[0] in CONFIG_FLAGS:
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if eq:
+            out[key] = value
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            out[key] = argv[i + 1]
+    return out
+
+
+def _set_referenced(values: dict[str, str]) -> Callable[[Any], None]:
+    """An ``edit`` that sets, before interpolations resolve, each command-line option that an
+    interpolation of the config refers to: ``--trainer.default_root_dir DIR`` then moves every
+    path built on ``${trainer.default_root_dir}`` too (checkpoints, logs, the export)."""
+
+    def edit(merged: Any) -> None:
+        from omegaconf import OmegaConf
+
+        if not values:
+            return
+        referenced: set[str] = set()
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+            elif isinstance(node, str):
+                referenced.update(_REFERENCE.findall(node))
+
+        walk(OmegaConf.to_container(merged, resolve=False))
+        for key in referenced & values.keys():
+            OmegaConf.update(merged, key, yaml.safe_load(values[key]), merge=False)
+
+    return edit
+
+
 def compose_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """Compose each ``--config FILE`` of a command line, applying its ``group=option`` overrides.
+
+    A dotted option after a composed file that one of its interpolations refers to is set before
+    they resolve (``--trainer.default_root_dir DIR`` moves the checkpoints, logs and export built
+    on it), and is passed on to the parser as given.
 
     Returns:
         The arguments for the parser (a composed file becomes ``--config`` of its merged YAML
@@ -310,7 +360,10 @@ def compose_args(argv: list[str]) -> tuple[list[str], list[str]]:
         slots[-1] = (position, path, _with_added_groups(composer, path, files))
     parsed, sources = list(argv), list(argv)
     for position, _, files in reversed(slots):
-        text = yaml.dump(composer.merge(files), Dumper=_YAMLText, sort_keys=False)
+        later = _option_values(argv[position + 1 :])
+        text = yaml.dump(
+            composer.merge(files, _set_referenced(later)), Dumper=_YAMLText, sort_keys=False
+        )
         inline = argv[position].startswith("--config=")
         parsed[position] = f"--config={text}" if inline else text
         named = [a for f in files for a in ("--config", str(f))]
