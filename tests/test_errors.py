@@ -170,9 +170,7 @@ def test_a_latin1_text_file_names_the_encoding_and_the_conversion(quick, tmp_pat
     _has(line, str(tmp_path / "notes.utf8.txt"))
     # and the conversion it names gives a file that is read
     encoding = line.split("iconv -f ")[1].split()[0]
-    assert (
-        bad.read_bytes().decode(encoding).encode("utf-8").decode("utf-8").startswith("Erste")
-    )
+    assert bad.read_bytes().decode(encoding).encode("utf-8").decode("utf-8").startswith("Erste")
 
 
 # ------------------------------------------------------------ 5. a directory as a checkpoint

@@ -103,9 +103,8 @@ class BlockexpCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # a logger whose package is missing (W&B without the extra), an accelerator this machine
         # lacks: one line, before building
-        from blockexp.training.tracking import check_logger_installed
-
         from blockexp.training.preflight import check_accelerator
+        from blockexp.training.tracking import check_logger_installed
 
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_logger_installed(config.get("trainer", {}).get("logger"))
