@@ -19,11 +19,11 @@ from blockexp.evaluation.lmeval.build import (
 from blockexp.evaluation.lmeval.harness import (
     EvalError,
     evaluate_model,
-    headline_scores,
-    load_preset,
     load_tasks,
     shipped_tasks,
 )
+from blockexp.evaluation.lmeval.preset import load_preset
+from blockexp.evaluation.lmeval.scores import headline_scores
 from blockexp.evaluation.lmeval.tasks import TASKS_DIR, load_jsonl, process_next_line
 from blockexp.training.settings import Optim
 

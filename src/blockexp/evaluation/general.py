@@ -47,15 +47,19 @@ class GeneralEval(L.Callback):
         tasks: lm-eval task/group/tag names or local task YAML names (default: the shipped
             ``blockexp_general`` tag: cloze, 4-way choice and sentence completion), as a list
             or a comma-separated string.
-        preset: an evaluation list with per-task shots and headline metrics (e.g.
-            ``configs/eval/llama_pro_general.yaml``); replaces ``tasks``.
+        preset: an evaluation list with per-task shots, headline metrics and group
+            aggregation (e.g. ``configs/eval/llama_pro_general.yaml``); replaces ``tasks``. Its
+            ``dtype`` and ``batch_size`` are not used: the model in training is evaluated under
+            the module's precision policy, in batches of ``batch_size``.
         include_path: extra directories of task YAMLs.
         num_fewshot: override every task's shot count (default: the task's own).
         limit: documents per task (default: all; a ``fast_dev_run`` uses 2).
         batch_size: lm-eval batch size.
         output_dir: where ``general.{json,csv,png}`` go (default: see module docstring).
         at_fit_start / at_fit_end / every_trace_round: when to evaluate.
-        seed: lm-eval's few-shot sampling and generation seed.
+        seed: lm-eval's seeds (python, numpy, torch, few-shot sampler): one integer for all
+            four or a list of four; default: lm-eval's own (0, 1234, 1234, 1234), so the
+            few-shot prompts are those of ``lm_eval`` and ``blockexp eval``.
     """
 
     def __init__(
@@ -70,9 +74,10 @@ class GeneralEval(L.Callback):
         at_fit_start: bool = True,
         at_fit_end: bool = True,
         every_trace_round: bool = True,
-        seed: int = 0,
+        seed: int | list[int] | None = None,
     ) -> None:
-        from blockexp.evaluation.lmeval.harness import load_preset, load_tasks
+        from blockexp.evaluation.lmeval.harness import lm_eval_seeds, load_tasks
+        from blockexp.evaluation.lmeval.preset import load_preset
 
         self.tasks = (
             [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
@@ -81,10 +86,11 @@ class GeneralEval(L.Callback):
         self.metrics: dict[str, str] = {}
         self.shots: dict[str, int | None] = {}
         self.unsafe = False
+        self.aggregate: dict[str, str] = {}
         if preset:
             spec = load_preset(preset)
             self.tasks, self.shots, self.metrics = spec.tasks, spec.num_fewshot, spec.metrics
-            self.unsafe = spec.confirm_run_unsafe_code
+            self.unsafe, self.aggregate = spec.confirm_run_unsafe_code, spec.aggregate
         self.include_path = list(include_path or [])
         self.num_fewshot = num_fewshot
         self.limit = limit
@@ -93,6 +99,7 @@ class GeneralEval(L.Callback):
         self.at_fit_start = at_fit_start
         self.at_fit_end = at_fit_end
         self.every_trace_round = every_trace_round
+        lm_eval_seeds(seed)  # a malformed seed fails now, not after the first epoch
         self.seed = seed
         self.entries: list[dict[str, Any]] = []
         self._default_dir = Path("general")
@@ -125,7 +132,8 @@ class GeneralEval(L.Callback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, label: str) -> dict:
         """Run the tasks on the model as exported; record, log and write the entry."""
         from blockexp.evaluation.lmeval.command import eval_view
-        from blockexp.evaluation.lmeval.harness import evaluate_model, mean_score
+        from blockexp.evaluation.lmeval.harness import evaluate_model
+        from blockexp.evaluation.lmeval.scores import mean_score
         from blockexp.io.tokenization import load_tokenizer
 
         if any(e["label"] == label and e["step"] == trainer.global_step for e in self.entries):
@@ -152,6 +160,7 @@ class GeneralEval(L.Callback):
                     num_fewshot=self.num_fewshot if self.num_fewshot is not None else self.shots,
                     limit=2 if trainer.fast_dev_run else self.limit,
                     metrics=self.metrics,
+                    aggregate=self.aggregate,
                     confirm_run_unsafe_code=self.unsafe,
                     batch_size=self.batch_size,
                     include_paths=self.include_path,
@@ -171,6 +180,8 @@ class GeneralEval(L.Callback):
             "seconds": time.perf_counter() - start,
             "results": results["results"],
         }
+        if results.get("aggregates"):
+            entry["aggregates"] = results["aggregates"]
         self.entries.append(entry)
         if trainer.is_global_zero:
             metrics = {f"general/{k}": v for k, v in entry["scores"].items()}

@@ -6,19 +6,21 @@ config that loads them with :func:`blockexp.evaluation.lmeval.tasks.load_jsonl`)
 * ``cloze`` -- LAMBADA-style last-word prediction. Each document is a passage of one to three
   sentences whose final word is the target; the YAML is ``lambada_openai``'s (``doc_to_text``
   drops the last space-separated word, ``doc_to_target`` is ``" " + last word``; metrics
-  ``perplexity`` and ``acc`` = the target is the greedy continuation).
+  ``acc`` = the target is the greedy continuation, and ``perplexity``).
 * ``choice`` -- HellaSwag-style multiple choice: the first half of a sentence (after the
   sentence before it) and four endings, the true one and the second halves of three other
-  sentences; metrics ``acc`` and ``acc_norm`` (per-character normalised log-likelihood).
+  sentences; metrics ``acc_norm`` (per-character normalised log-likelihood) and ``acc``.
 * ``complete`` -- generative: a passage whose last sentence lacks its final words; the model
-  greedily generates until ``.`` or a newline; scored by exact match and edit similarity
+  greedily generates until ``.`` or a newline; scored by edit similarity and exact match
   (:func:`blockexp.evaluation.lmeval.tasks.process_completion`).
 * ``code_line`` -- generative next-line code completion: up to ``context_lines`` lines of a
   source file (ending where the last line ends), then the next (non-trivial) line; the model
   generates up to 40 tokens and the line after its first newline is scored
   (:func:`blockexp.evaluation.lmeval.tasks.process_next_line`), with the same two scores.
 
-Every builder samples with ``random.Random(seed)`` so the same text gives the same task.
+Each YAML lists its headline metric first (the metric a table stars and ``mean`` averages
+when no preset names one; see :mod:`blockexp.evaluation.lmeval.scores`). Every builder samples
+with ``random.Random(seed)`` so the same text gives the same task.
 """
 
 from __future__ import annotations
@@ -190,13 +192,14 @@ _HEADER = (
     "test_split: test\n"
 )
 
-#: The metrics of the generation tasks: exact match and edit similarity, averaged.
-_EXACT_AND_EDIT_SIM = (
+#: The metrics of the generation tasks: edit similarity (the headline, listed first) and exact
+#: match, averaged.
+_EDIT_SIM_AND_EXACT = (
     "metric_list:\n"
-    "  - metric: exact_match\n"
+    "  - metric: edit_sim\n"
     "    aggregation: mean\n"
     "    higher_is_better: true\n"
-    "  - metric: edit_sim\n"
+    "  - metric: exact_match\n"
     "    aggregation: mean\n"
     "    higher_is_better: true\n"
 )
@@ -207,12 +210,12 @@ _BODY = {
         "doc_to_text: \"{{text.split(' ')[:-1]|join(' ')}}\"\n"
         "doc_to_target: \"{{' '+text.split(' ')[-1]}}\"\n"
         "metric_list:\n"
-        "  - metric: perplexity\n"
-        "    aggregation: perplexity\n"
-        "    higher_is_better: false\n"
         "  - metric: acc\n"
         "    aggregation: mean\n"
         "    higher_is_better: true\n"
+        "  - metric: perplexity\n"
+        "    aggregation: perplexity\n"
+        "    higher_is_better: false\n"
     ),
     "choice": (
         "output_type: multiple_choice\n"
@@ -220,10 +223,10 @@ _BODY = {
         'doc_to_target: "{{label}}"\n'
         'doc_to_choice: "{{endings}}"\n'
         "metric_list:\n"
-        "  - metric: acc\n"
+        "  - metric: acc_norm\n"
         "    aggregation: mean\n"
         "    higher_is_better: true\n"
-        "  - metric: acc_norm\n"
+        "  - metric: acc\n"
         "    aggregation: mean\n"
         "    higher_is_better: true\n"
     ),
@@ -237,7 +240,7 @@ _BODY = {
         "  max_gen_toks: 16\n"
         "  do_sample: false\n"
         "process_results: !function blockexp.evaluation.lmeval.tasks.process_completion\n"
-        + _EXACT_AND_EDIT_SIM
+        + _EDIT_SIM_AND_EXACT
     ),
     "code_line": (
         "output_type: generate_until\n"
@@ -248,7 +251,7 @@ _BODY = {
         "  max_gen_toks: 40\n"
         "  do_sample: false\n"
         "process_results: !function blockexp.evaluation.lmeval.tasks.process_next_line\n"
-        + _EXACT_AND_EDIT_SIM
+        + _EDIT_SIM_AND_EXACT
     ),
 }
 

@@ -11,6 +11,8 @@ and the :class:`~blockexp.evaluation.general.GeneralEval` callback both go throu
   ``blockexp_code_line``).
 * Offline: the Hugging Face Hub and ``datasets`` are switched to offline mode while tasks load.
   A task whose data is not on disk fails with one :class:`EvalError` line naming the task.
+* Seeds: lm-eval's own defaults (:data:`DEFAULT_SEEDS`), so the few-shot prompts are those of
+  ``lm_eval`` on the same task; headline metrics and group aggregates: :mod:`.scores`.
 * lm-eval is the optional extra ``blockexp[eval]``; without it the error says how to install it.
 """
 
@@ -18,33 +20,44 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from blockexp.evaluation.lmeval.scores import (
+    apply_aggregates,
+    declared_metrics,
+    headline_keys,
+)
 from blockexp.evaluation.lmeval.tasks import TASKS_DIR, shipped_tasks
 
 __all__ = [
+    "DEFAULT_SEEDS",
     "EvalError",
     "TASKS_DIR",
-    "Preset",
     "evaluate_model",
-    "headline_scores",
-    "load_preset",
+    "lm_eval_seeds",
     "load_tasks",
-    "mean_score",
     "require_lm_eval",
     "shipped_tasks",
 ]
 
-#: Metrics tried, in order, when a task's headline metric is not given: the first one that the
-#: task reports (with any filter) is its headline score.
-HEADLINE_ORDER = ("acc_norm", "acc", "edit_sim", "exact_match", "pass@1", "f1", "bleu")
+#: lm-eval's own default seeds (python ``random``, numpy, torch, few-shot sampler), which its
+#: CLI and ``simple_evaluate`` use: lm_eval/defaults.py DEFAULT_RANDOM_SEED = 0 and
+#: DEFAULT_OTHER_SEED = 1234; lm_eval/config/evaluate_config.py DEFAULT_SEED = [0, 1234, 1234,
+#: 1234] (lm-eval 0.4.13; a test checks they still agree).
+DEFAULT_SEEDS = (0, 1234, 1234, 1234)
 
-
-_RESULT_KEYS = ("results", "groups", "n-shot", "versions", "higher_is_better", "n-samples")
+_RESULT_KEYS = (
+    "results",
+    "groups",
+    "group_subtasks",
+    "n-shot",
+    "versions",
+    "higher_is_better",
+    "n-samples",
+)
 
 
 class EvalError(ValueError):
@@ -168,6 +181,38 @@ def task_names(loaded: Mapping[Any, Any]) -> list[str]:
     return [k if isinstance(k, str) else getattr(k, "group_name", str(k)) for k in loaded]
 
 
+def lm_eval_seeds(seed: int | Sequence[int] | None = None) -> tuple[int, int, int, int]:
+    """The four seeds lm-eval takes (python ``random``, numpy, torch, few-shot sampler).
+
+    ``None``: lm-eval's own defaults (:data:`DEFAULT_SEEDS`, ``0,1234,1234,1234``), so the same
+    model and task give the same few-shot prompts as ``lm_eval``; one integer: all four (as
+    ``lm_eval --seed N``); four integers: one each.
+    """
+    if seed is None:
+        return DEFAULT_SEEDS
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return (seed,) * 4
+    values = list(seed) if isinstance(seed, list | tuple) else []
+    if len(values) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise EvalError(
+            f"seed must be one integer or four (python, numpy, torch, few-shot), got {seed!r}; "
+            f"leave it unset for lm-eval's defaults {list(DEFAULT_SEEDS)}."
+        )
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _check_aggregates(aggregate: Mapping[str, str], loaded: Mapping[Any, Any]) -> None:
+    groups = {getattr(k, "group_name", None) for k in loaded if not isinstance(k, str)}
+    origin = getattr(loaded, "origin", {})
+    groups |= {origin.get(g) for g in groups}
+    stray = sorted(set(aggregate) - groups)
+    if stray:
+        raise EvalError(
+            f"aggregate names {stray}, which are not lm-eval groups among the evaluated tasks "
+            "(aggregate: {GROUP: unweighted|size_weighted} applies to groups such as mmlu)."
+        )
+
+
 def evaluate_model(
     model,
     tokenizer,
@@ -176,14 +221,16 @@ def evaluate_model(
     num_fewshot: int | Mapping[str, int | None] | None = None,
     limit: int | float | None = None,
     batch_size: int | str = 8,
+    max_batch_size: int | None = None,
     include_paths: Sequence[str | Path] = (),
-    seed: int = 0,
+    seed: int | Sequence[int] | None = None,
     log_samples: bool = False,
     max_length: int | None = None,
     verbose: bool = False,
     bootstrap_iters: int = 1000,
     loaded_tasks: Mapping[Any, Any] | None = None,
     metrics: Mapping[str, str] | None = None,
+    aggregate: Mapping[str, str] | None = None,
     confirm_run_unsafe_code: bool = False,
     online: bool = False,
 ) -> dict[str, Any]:
@@ -192,7 +239,11 @@ def evaluate_model(
     The model is put in eval mode for the run and its previous mode is restored afterwards.
     ``num_fewshot``: one count for every task, or ``{task: count}`` (tasks not named keep their
     own); tasks with different counts run as separate lm-eval calls whose results are merged.
-    ``metrics``: the headline metric per task (default: :data:`HEADLINE_ORDER`).
+    ``batch_size``: an integer or ``"auto"`` (lm-eval finds the largest that fits, up to
+    ``max_batch_size``). ``seed``: see :func:`lm_eval_seeds` (default: lm-eval's own).
+    ``metrics``: the headline metric per task (default: the task's first declared metric, see
+    :mod:`.scores`). ``aggregate``: ``{group: "unweighted" | "size_weighted"}``, how a group's
+    headline score is taken from its leaf tasks (both are recorded under ``aggregates``).
     ``online``: allow downloads (to fill the datasets cache once; evaluation is offline by
     default). ``confirm_run_unsafe_code``: let tasks that execute generated code (HumanEval, MBPP) run.
     ``bootstrap_iters`` only sets how lm-eval estimates standard errors (lm-eval's own CLI uses
@@ -200,17 +251,21 @@ def evaluate_model(
     :func:`load_tasks` for ``tasks``, to skip loading them again.
 
     Returns:
-        A JSON-serialisable dict: lm-eval's ``results``, ``groups``, ``n-shot``, ``versions``,
-        ``higher_is_better`` and ``n-samples`` entries, ``samples`` when ``log_samples``, the
-        settings under ``settings`` and :func:`headline_scores` under ``scores``.
+        A JSON-serialisable dict: lm-eval's ``results``, ``groups``, ``group_subtasks``,
+        ``n-shot``, ``versions``, ``higher_is_better`` and ``n-samples`` entries, ``samples``
+        when ``log_samples``, the settings under ``settings``, the headline ``metric,filter`` key
+        of each task under ``headline_keys``, its value under ``scores`` and the group
+        aggregates under ``aggregates``.
     """
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
+    seeds = lm_eval_seeds(seed)
     if loaded_tasks is None:
         loaded_tasks = load_tasks(tasks, include_paths, online)
     task_objects = loaded_tasks
     names = task_names(task_objects)
+    _check_aggregates(aggregate or {}, task_objects)
     if isinstance(num_fewshot, Mapping):
         unknown = sorted(set(num_fewshot) - set(tasks) - set(names))
         if unknown:
@@ -221,7 +276,10 @@ def evaluate_model(
         shots_of = dict.fromkeys(names, num_fewshot)
     runs: dict[Any, list[Any]] = {}
     for key, name in zip(task_objects, names, strict=True):
-        runs.setdefault(shots_of.get(name), []).append(task_objects[key])
+        # a task by its object; a group by its key (the Group, which holds its subtasks)
+        runs.setdefault(shots_of.get(name), []).append(
+            task_objects[key] if isinstance(key, str) else key
+        )
     was_training = model.training
     model.eval()
     merged: dict[str, Any] = {}
@@ -233,6 +291,7 @@ def evaluate_model(
                 batch_size=batch_size,
                 max_length=max_length,
                 device=str(next(model.parameters()).device),
+                **({"max_batch_size": max_batch_size} if max_batch_size else {}),
             )
         for shots, objects in runs.items():
             with offline(not online), _quiet(not verbose):
@@ -242,10 +301,10 @@ def evaluate_model(
                     num_fewshot=shots,
                     limit=limit,
                     log_samples=log_samples,
-                    random_seed=seed,
-                    numpy_random_seed=seed,
-                    torch_random_seed=seed,
-                    fewshot_random_seed=seed,
+                    random_seed=seeds[0],
+                    numpy_random_seed=seeds[1],
+                    torch_random_seed=seeds[2],
+                    fewshot_random_seed=seeds[3],
                     bootstrap_iters=bootstrap_iters,
                     confirm_run_unsafe_code=confirm_run_unsafe_code,
                     # the manager that loaded the tasks: without it lm-eval indexes all of its
@@ -264,97 +323,23 @@ def evaluate_model(
         "num_fewshot": num_fewshot,
         "limit": limit,
         "batch_size": batch_size,
-        "seed": seed,
+        "seed": list(seeds),
         "lm_eval_version": getattr(lm_eval, "__version__", "unknown"),
     }
-    if metrics:
-        origin = getattr(task_objects, "origin", {})
-        metrics = {
-            n: metrics[k] for n in names if (k := n if n in metrics else origin.get(n)) in metrics
-        }
-    out["scores"] = headline_scores(out, tasks=names, metrics=metrics)
+    origin = getattr(task_objects, "origin", {})
+
+    def given(table: Mapping[str, str] | None, name: str) -> str | None:
+        """A preset's entry for a task: by its own name or the (tag) name it came from."""
+        table = table or {}
+        return table.get(name, table.get(origin.get(name, name)))
+
+    wanted = declared_metrics(task_objects)
+    wanted.update({n: m for n in names if (m := given(metrics, n))})
+    out["headline_keys"] = headline_keys(out, tasks=names, metrics=wanted)
+    out["scores"] = {n: float(out["results"][n][k]) for n, k in out["headline_keys"].items()}
+    by_name = {n: how for n in names if (how := given(aggregate, n))}
+    apply_aggregates(out, out["headline_keys"], by_name)
     return out
-
-
-def headline_scores(
-    results: Mapping[str, Any],
-    tasks: Sequence[str] | None = None,
-    metrics: Mapping[str, str] | None = None,
-) -> dict[str, float]:
-    """One number per requested task: ``metrics[task]`` if given, else the first metric of
-    :data:`HEADLINE_ORDER` that the task reports (any filter; ``none`` preferred)."""
-    table = results.get("results", {})
-    names = list(tasks) if tasks is not None else list(table)
-    scores = {}
-    for name in names:
-        entry = table.get(name, {})
-        wanted = [metrics[name]] if metrics and name in metrics else list(HEADLINE_ORDER)
-        for metric in wanted:
-            if "," in metric:  # an exact "metric,filter" key
-                keys = [metric] if metric in entry else []
-            else:
-                keys = [k for k in entry if k.split(",")[0] == metric and "_stderr" not in k]
-            keys.sort(key=lambda k: k != f"{metric},none")
-            if keys and isinstance(entry[keys[0]], int | float):
-                scores[name] = float(entry[keys[0]])
-                break
-    return scores
-
-
-class Preset(NamedTuple):
-    """A named evaluation list (``configs/eval/*.yaml``): tasks with their shots and metrics."""
-
-    name: str
-    tasks: list[str]
-    num_fewshot: dict[str, int | None]
-    metrics: dict[str, str]
-    confirm_run_unsafe_code: bool
-
-
-def load_preset(path: str | Path) -> Preset:
-    """Read an evaluation preset: ``tasks`` is a list of ``{task, num_fewshot, metric}``."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"preset {path} does not exist (see configs/eval/ for the shipped ones).")
-    data = yaml.safe_load(path.read_text()) or {}
-    items = data.get("tasks")
-    if not isinstance(items, list) or not items:
-        raise EvalError(
-            f"{path}: 'tasks' must be a non-empty list of {{task, num_fewshot, metric}}."
-        )
-    tasks, shots, metrics = [], {}, {}
-    for number, item in enumerate(items, start=1):
-        if isinstance(item, str):
-            item = {"task": item}
-        if not isinstance(item, dict) or not isinstance(item.get("task"), str):
-            raise EvalError(f"{path}: tasks entry {number} needs a 'task' name, got {item!r}.")
-        extra = set(item) - {"task", "num_fewshot", "metric"}
-        if extra:
-            raise EvalError(f"{path}: tasks entry {number} has unknown keys {sorted(extra)}.")
-        name = item["task"]
-        tasks.append(name)
-        if item.get("num_fewshot") is not None:
-            n = item["num_fewshot"]
-            if not isinstance(n, int) or n < 0:
-                raise EvalError(f"{path}: {name}: num_fewshot must be an integer >= 0, got {n!r}.")
-            shots[name] = n
-        if item.get("metric"):
-            metrics[name] = str(item["metric"])
-    return Preset(
-        str(data.get("name", path.stem)),
-        tasks,
-        shots,
-        metrics,
-        bool(data.get("confirm_run_unsafe_code", False)),
-    )
-
-
-def mean_score(scores: Mapping[str, float]) -> float:
-    """Unweighted mean of headline scores (``nan`` when there are none)."""
-    values = [v for v in scores.values() if not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
 
 
 def _plain(value: Any) -> Any:
