@@ -206,3 +206,23 @@ def test_a_strategy_registered_by_path_is_imported_when_named(tmp_path, monkeypa
     finally:
         unregister_expander("TopCopy")
         sys.modules.pop("my_strategies", None)
+
+
+def test_fit_help_is_short_and_full_help_is_one_flag_away():
+    """`fit --help` is one page without Lightning; `--help-all` is LightningCLI's every option."""
+    short = subprocess.run(
+        [sys.executable, "-m", "blockexp", "fit", "--help"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert short.returncode == 0 and short.stderr == ""
+    lines = short.stdout.splitlines()
+    assert lines[0].startswith("usage: python -m blockexp fit --config FILE")
+    assert len(lines) <= 30 and max(map(len, lines)) <= 100
+    assert "python -m blockexp fit --help-all" in short.stdout
+    assert not imported("fit", "--help") & (LIGHTNING | MODEL_STACK)
+    full = subprocess.run(
+        [sys.executable, "-m", "blockexp", "fit", "--help-all"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert full.returncode == 0
+    assert "--trainer.max_steps" in full.stdout and len(full.stdout.splitlines()) > 300

@@ -60,8 +60,9 @@ Runs Lightning's {command} on a composed config (LightningCLI conventions; docs/
 
   -c, --config FILE     a recipe: configs/quickstart.yaml, configs/trace/lora.yaml, ... (several
                         may be given; later ones and later options override earlier ones)
-  group=option          swap a config piece, configs/<group>/<option>.yaml (e.g. expander=lora
-                        logger=csv strategy=fsdp); groups: {groups}
+  group=option          swap a config piece, configs/<group>/<option>.yaml, e.g. expander=lora
+                        logger=csv strategy=fsdp
+                        (groups: {groups})
   --KEY VALUE           any key of the config, dotted, e.g.
                           --trainer.max_steps 100         --trainer.default_root_dir DIR
                           --trainer.accelerator cpu|gpu   --trainer.devices 8
