@@ -12,8 +12,8 @@ a busy machine slows all of them alike); medians are reported:
 * ``cp -r base dst``: the reference (the same bytes read, fewer written),
 * ``python -m blockexp expand`` with LlamaPro (+25% layers), which streams,
 * ``python -m blockexp plan --json --config plan.yaml`` on the checkpoint (safetensors headers),
-* the same plan on a directory holding only config.json (the model is built on the meta
-  device, so torch and transformers are imported),
+* the same plan on a directory holding only config.json (tensor shapes from config.json;
+  before issue 27 the model was built on the meta device, importing torch and transformers),
 * ``python -m blockexp --help``,
 * the floors: ``python -c pass`` and ``python -c "import torch"``.
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny checkpoint, one round, and not the two runs that import torch (for tests)",
+        help="tiny checkpoint, one round, and not `import torch` (for tests)",
     )
     args = parser.parse_args()
     default_work = REPO / "outputs" / "benchmarks" / "startup"
@@ -150,8 +150,8 @@ def main() -> None:
         "python -c pass": ([py, "-c", "pass"], None),
         TORCH: ([py, "-c", "import torch"], None),
     }
-    if args.smoke:  # the runs that take seconds whatever the checkpoint
-        del commands[META], commands[TORCH]
+    if args.smoke:  # the run that takes seconds whatever the checkpoint
+        del commands[TORCH]
     else:  # the same command on a 1 MB checkpoint: its start-up alone
         tiny = ensure_checkpoint(work, "tiny", 0.0, args.shard, True)
         commands[STARTUP] = (expand(work / "tiny", tiny_out, tiny["layers"] // 4), tiny_out)
@@ -190,7 +190,7 @@ def main() -> None:
     plan = med["plan --json"]
     print(
         f"plan --json:  {plan:.3f} s   (goal <= {PLAN_GOAL_S} s: "
-        f"{'met' if plan <= PLAN_GOAL_S else 'missed'}); config.json only (meta model): "
+        f"{'met' if plan <= PLAN_GOAL_S else 'missed'}); config.json only: "
         + (f"{med[META]:.3f} s" if META in med else "not run")
     )
     print(

@@ -55,7 +55,8 @@ def test_startup_benchmark_smoke(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for row in ("cp -r", "expand (streaming)", "plan --json", "--help", "expand / cp:"):
+    rows = ("cp -r", "expand (streaming)", "plan --json", "config.json only", "--help")
+    for row in (*rows, "expand / cp:"):
         assert row in out, out
     assert (tmp_path / "base" / "model.safetensors.index.json").is_file()
     assert not (tmp_path / "expand_out").exists()  # outputs are removed, the base is kept

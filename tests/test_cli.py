@@ -25,7 +25,7 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 def test_plan_json_from_config_alone(tmp_path):
     from transformers import LlamaConfig
 
-    # A Llama-2-7B-shaped config.json and nothing else: no weights are loaded (meta device).
+    # A Llama-2-7B-shaped config.json and nothing else: no weights, no model (config shapes).
     LlamaConfig(
         num_hidden_layers=32,
         hidden_size=4096,

@@ -1,8 +1,8 @@
 """Start-up of ``python -m blockexp``: what each command imports (structure, not timing).
 
 ``--help``, ``plan`` and streaming ``expand`` must not import Lightning, and neither torch nor
-transformers' modelling code (``benchmarks/startup.py`` times them); every offline command is
-Lightning-free.
+transformers' modelling code (``benchmarks/startup.py`` times them; ``plan`` on a bare
+config.json: ``tests/test_plan_config_only.py``); every offline command is Lightning-free.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from blockexp.expanders import LlamaPro, PrefixStack, SLayer
+from blockexp.expanders import FullFineTune, LlamaPro, PrefixStack, SLayer
 from blockexp.expanders.dry_run import plan_summary
-from blockexp.io import streaming
+from blockexp.io import planning, streaming
 from tests.conftest import ARCH_CONFIGS, make_arch_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,17 +24,23 @@ LIGHTNING = {"lightning", "pytorch_lightning", "lightning_fabric"}
 MODEL_STACK = {"torch", "transformers"}
 
 
-def imported(*args: str) -> set[str]:
+def run_imports(*args: str) -> tuple[set[str], str]:
     """Top-level packages imported by ``python -X importtime -m blockexp *args`` (which must
-    succeed)."""
+    succeed), and its stdout."""
     cmd = [sys.executable, "-X", "importtime", "-m", "blockexp", *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    return {
+    modules = {
         line.rsplit("|", 1)[1].strip().split(".")[0]
         for line in result.stderr.splitlines()
         if line.startswith("import time:") and "|" in line
     }
+    return modules, result.stdout
+
+
+def imported(*args: str) -> set[str]:
+    """Top-level packages imported by ``python -X importtime -m blockexp *args``."""
+    return run_imports(*args)[0]
 
 
 @pytest.fixture
@@ -94,13 +100,14 @@ def test_offline_commands_do_not_import_lightning(command):
     assert not imported(command, "--help") & LIGHTNING
 
 
-def test_plan_from_config_alone_builds_the_model_without_lightning(tmp_path):
+def test_plan_on_the_meta_model_does_without_lightning(tmp_path):
+    """LoRA's parameters are counted on the model (built on the meta device), without Lightning;
+    a plan-described strategy on the same config.json builds nothing
+    (``tests/test_plan_config_only.py``)."""
     (tmp_path / "config.json").write_text(json.dumps(ARCH_CONFIGS["llama"]))
-    modules = imported(
-        "plan", "--base", str(tmp_path), "--expander", "LlamaPro", "--expander.num_groups", "2"
-    )
+    modules = imported("plan", "--base", str(tmp_path), "--expander", "LoRA")
     assert not modules & LIGHTNING
-    assert "torch" in modules  # the meta-device model: no safetensors headers to read
+    assert "torch" in modules  # the meta-device model
 
 
 @pytest.mark.parametrize("config", [None, "class_path"], ids=["argv", "config_file"])
@@ -152,23 +159,25 @@ def test_plan_from_safetensors_headers_equals_the_meta_model(tmp_path, model_typ
         LlamaPro(num_groups=2, train_embeddings=True, train_lm_head=True),
         SLayer(num_deleted=0),
         PrefixStack(num_blocks=1, train_norms=True),
+        FullFineTune(),
     ]
     for expander in expanders:
-        assert streaming.can_stream(expander, tmp_path) is None
-        assert streaming.plan_summary(tmp_path, expander) == plan_summary(
-            str(tmp_path), expander
-        ), (model_type, expander)
+        assert planning.cannot_plan(expander, tmp_path) is None
+        assert planning.plan_summary(tmp_path, expander) == plan_summary(str(tmp_path), expander), (
+            model_type,
+            expander,
+        )
 
 
 def test_plan_counts_are_what_expand_writes(tiny_llama_dir, tmp_path):
     expander = SLayer(num_deleted=0, train_norms=True)
-    summary = streaming.plan_summary(tiny_llama_dir, expander)
+    summary = planning.plan_summary(tiny_llama_dir, expander)
     manifest = streaming.stream_expand(tiny_llama_dir, tmp_path / "out", expander)
     for key in ("base_num_layers", "base_params", "num_layers", "total_params"):
         assert summary[key] == manifest[key], key
     assert summary["trainable_params"] == manifest["trainable_params"]
-    with pytest.raises(streaming.StreamingError, match="Cannot stream"):
-        streaming.plan_summary(tmp_path / "missing", expander)
+    with pytest.raises(streaming.StreamingError, match="has no config.json"):
+        planning.plan_summary(tmp_path / "missing", expander)
 
 
 def test_a_strategy_registered_by_path_is_imported_when_named(tmp_path, monkeypatch, capsys):

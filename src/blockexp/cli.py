@@ -3,8 +3,9 @@
 Training commands follow LightningCLI conventions (``fit``, ``validate``, ``test``, with
 ``--config file.yaml`` and dotted overrides). Offline commands:
 
-* ``plan``   layer map and parameter counts from config.json alone
-  (:func:`blockexp.expanders.dry_run.plan_summary`),
+* ``plan``   layer map and parameter counts from config.json alone, without torch
+  (:func:`blockexp.io.planning.plan_summary`; the meta-device model only for hub ids, custom
+  code, LoRA and MoEExpansion),
 * ``expand`` write an expanded Hugging Face directory (:mod:`blockexp.io.streaming`, or
   :func:`blockexp.training.export.expand_in_memory`),
 * ``export`` turn a Lightning training checkpoint into a Hugging Face directory

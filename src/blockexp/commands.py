@@ -1,8 +1,8 @@
 """The offline commands ``plan``, ``expand`` and ``export``: functions that do the work and print.
 
 Their signatures are the commands' options (jsonargparse builds each parser from them); the work
-happens in :mod:`blockexp.io.streaming`, :mod:`blockexp.expanders.dry_run` and
-:mod:`blockexp.training.export`. Imported by :func:`blockexp.cli.main` only when one of them runs,
+happens in :mod:`blockexp.io.planning`, :mod:`blockexp.io.streaming`,
+:mod:`blockexp.expanders.dry_run` and :mod:`blockexp.training.export`. Imported by :func:`blockexp.cli.main` only when one of them runs,
 so ``--help`` does not import the strategies.
 """
 
@@ -28,10 +28,14 @@ def plan(
 ) -> None:
     """Print the layer map and parameter counts of an expansion, from config.json alone.
 
-    A local safetensors checkpoint and a streamable strategy are planned as ``expand`` streams
-    them, from config.json and the safetensors headers (:func:`blockexp.io.streaming.plan_summary`,
-    no torch); otherwise the model is built on the meta device
-    (:func:`blockexp.expanders.dry_run.plan_summary`). Both give the same numbers.
+    No model is built and neither torch nor transformers is imported
+    (:func:`blockexp.io.planning.plan_summary`): the tensors come from the safetensors headers
+    of a local checkpoint, or, for a directory with only config.json or a config.json path, from
+    the shapes config.json gives (:func:`blockexp.layers.shapes.param_shapes`). A hub id, custom
+    modelling code (``auto_map``) and strategies that add modules a plan does not describe
+    (LoRA, MoEExpansion) are planned on a model built on the meta device
+    (:func:`blockexp.expanders.dry_run.plan_summary`), with a note on stderr saying why. Both
+    give the same numbers.
 
     Args:
         base: model directory, path to a config.json, or hub id.
@@ -39,11 +43,15 @@ def plan(
         json: print one JSON object (keys num_layers, total_params, trainable_params, layers).
         trust_remote_code: allow custom config code from the hub.
     """
-    from blockexp.io import streaming
+    from blockexp.io import planning
 
-    if streaming.can_stream(expander, base) is None:
-        summary = streaming.plan_summary(base, expander)
+    reason = planning.cannot_plan(expander, base)
+    if reason is None:
+        summary = planning.plan_summary(base, expander)
     else:
+        import sys
+
+        print(f"note: building the model on the meta device to plan: {reason}.", file=sys.stderr)
         from blockexp.expanders.dry_run import plan_summary
 
         summary = plan_summary(base, expander, trust_remote_code)

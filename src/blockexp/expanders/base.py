@@ -145,6 +145,17 @@ class Expander:
         """Whether this instance's expansion computes the base function at initialisation."""
         return type(self).preserves_function
 
+    @classmethod
+    def plan_describes_parameters(cls) -> bool:
+        """Whether the expanded model's parameters follow from :meth:`plan` and
+        :attr:`train_options` alone (the class overrides neither :meth:`expand` nor
+        :meth:`select_trainable`), so ``plan`` counts them from tensor names and shapes
+        (:mod:`blockexp.io.planning`) instead of building the model."""
+        return all(
+            inspect.getattr_static(cls, name) is inspect.getattr_static(Expander, name)
+            for name in ("expand", "select_trainable")
+        )
+
     def expand(self, model: Module) -> Expansion:
         """Apply the strategy to ``model`` (in place) and return the :class:`Expansion`."""
         arch = get_arch(model.config)

@@ -1,4 +1,9 @@
-"""Planning an expansion from a config alone: layer map and parameter counts, no weights read."""
+"""Planning an expansion on a model built on the meta device: layer map and parameter counts.
+
+``plan`` uses it for what :mod:`blockexp.io.planning` does not count from files (hub ids, configs
+with custom modelling code, strategies that add modules: LoRA, MoEExpansion); the tests use it as
+the oracle of that module.
+"""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ __all__ = [
     "describe_spec",
     "load_config",
     "load_model",
+    "local_path",
     "manifest_base",
     "resolve_dtype",
 ]
@@ -52,8 +53,12 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     return resolved
 
 
-def _check_local(spec: str) -> Path | None:
-    """Return the local path of ``spec`` if it is one; raise if it looks like a missing path."""
+def local_path(spec: str) -> Path | None:
+    """The local path ``spec`` names, or ``None`` for a hub id.
+
+    Raises:
+        FileNotFoundError: if ``spec`` looks like a path that does not exist.
+    """
     path = Path(spec).expanduser()
     if path.exists():
         return path
@@ -90,7 +95,7 @@ def load_config(spec: ModelSpec, trust_remote_code: bool = False) -> PretrainedC
 
     if isinstance(spec, dict):
         return config_from_dict(spec)
-    path = _check_local(spec)
+    path = local_path(spec)
     if path is not None and path.is_file():
         try:
             data = json.loads(path.read_text())
@@ -159,7 +164,7 @@ def load_model(
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, **kwargs)
         return model
-    path = _check_local(spec)
+    path = local_path(spec)
     if path is not None and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face model directory?")
     try:

@@ -95,12 +95,21 @@ class Expander(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
-__all__ = ["can_stream", "plan_summary", "stream_expand", "write_expanded"]
+__all__ = [
+    "TensorPlan",
+    "can_stream",
+    "plan_tensors",
+    "read_config",
+    "stream_expand",
+    "write_expanded",
+]
 
 
-def _read_config(base: str | os.PathLike) -> SimpleNamespace:
-    """``config.json`` as an attribute namespace (the fields exactly as written)."""
-    path = Path(base) / "config.json"
+def read_config(base: str | os.PathLike) -> SimpleNamespace:
+    """``config.json`` of a model directory (or that file itself) as an attribute namespace
+    (the fields exactly as written), checked to name a supported architecture and its depth."""
+    path = Path(base)
+    path = path if path.is_file() else path / "config.json"
     if not path.is_file():
         raise StreamingError(f"{base} has no config.json; is it a Hugging Face model directory?")
     try:
@@ -131,7 +140,7 @@ def can_stream(expander: Expander, base: str | os.PathLike) -> str | None:
         return f"{base} is not a local directory (hub ids are expanded in memory)"
     if not ((path / SINGLE_FILE).is_file() or (path / INDEX_FILE).is_file()):
         return f"{base} has no safetensors weights, so it is expanded in memory"
-    if expander.plan(int(_read_config(path).num_hidden_layers)) is None:
+    if expander.plan(int(read_config(path).num_hidden_layers)) is None:
         return (
             f"{type(expander).__name__} does not change depth (no plan), so it is applied in memory"
         )
@@ -194,8 +203,10 @@ def _tied_drop(config: SimpleNamespace, arch, entries: dict[str, SafetensorsEntr
 
 
 @dataclass
-class _Streamed:
-    """What one streaming expansion reads and plans: from config.json and the headers only."""
+class TensorPlan:
+    """Every output tensor of an expansion, planned from config.json and a checkpoint's tensor
+    index (its safetensors headers, or the shapes :func:`blockexp.layers.shapes.param_shapes`
+    gives): what streaming writes and what ``plan`` counts."""
 
     config: SimpleNamespace
     arch: Any
@@ -209,63 +220,39 @@ class _Streamed:
     def base_params(self) -> int:
         return sum(math.prod(e.shape) for n, e in self.entries.items() if n not in self.drop)
 
-    def counts(self, expander: Expander) -> tuple[int, frozenset[str], int]:
+    def counts(self, train_options: TrainOptions) -> tuple[int, frozenset[str], int]:
         """``(total_params, trainable_names, trainable_params)`` of the output."""
         tied = bool(getattr(self.config, "tie_word_embeddings", False))
         names = (out.name for out in self.outputs)
         trainable = trainable_parameter_names(
-            self.arch, names, self.plan.trainable_layers, expander.train_options, tied
+            self.arch, names, self.plan.trainable_layers, train_options, tied
         )
         numel = {out.name: math.prod(out.shape) for out in self.outputs}
         return sum(numel.values()), trainable, sum(numel[name] for name in trainable)
 
 
-def _prepare(base: str, expander: Expander, target: Any = None) -> _Streamed:
+def plan_tensors(
+    config: SimpleNamespace,
+    plan: Plan,
+    entries: dict[str, SafetensorsEntry],
+    dtype: torch.dtype | None = None,
+) -> TensorPlan:
+    """Plan every output tensor of ``plan`` applied to the checkpoint ``entries`` describe
+    (``dtype``: cast floating tensors to it; ``None`` keeps each tensor's)."""
+    arch = get_arch(config.model_type)
+    drop = _tied_drop(config, arch, entries)
+    outputs = _build_outputs(entries, plan, arch, drop, dtype)
+    return TensorPlan(config, arch, plan.base_num_layers, plan, entries, drop, outputs)
+
+
+def _prepare(base: str, expander: Expander, target: Any = None) -> TensorPlan:
     """Check that ``expander`` on ``base`` streams, then plan every output tensor."""
     reason = can_stream(expander, base)
     if reason is not None:
         raise StreamingError(f"Cannot stream: {reason}.")
-    config = _read_config(base)
-    arch = get_arch(config.model_type)
-    base_layers = int(config.num_hidden_layers)
-    plan = expander.plan(base_layers)
-    entries = source_index(base)
-    drop = _tied_drop(config, arch, entries)
-    outputs = _build_outputs(entries, plan, arch, drop, target)
-    return _Streamed(config, arch, base_layers, plan, entries, drop, outputs)
-
-
-def plan_summary(base: str | os.PathLike, expander: Expander) -> dict[str, Any]:
-    """What :func:`blockexp.expanders.dry_run.plan_summary` reports (the same keys and numbers),
-    for an expansion :func:`can_stream` accepts: from config.json and the safetensors headers,
-    exactly as :func:`write_expanded` would count what it writes. No torch, no model.
-
-    Raises:
-        StreamingError: if ``expander`` on ``base`` cannot be streamed.
-    """
-    prep = _prepare(str(Path(base).expanduser()), expander)
-    total, _, trainable = prep.counts(expander)
-    plan = prep.plan
-    return {
-        "model_type": prep.config.model_type,
-        "strategy": type(expander).__name__,
-        "expander": expander.config(),
-        "base_num_layers": prep.base_layers,
-        "base_params": prep.base_params,
-        "num_layers": plan.num_layers,
-        "total_params": total,
-        "trainable_params": trainable,
-        "layers": [
-            {
-                "index": s.index,
-                "source": list(s.source),
-                "init": s.init,
-                "zero_out": s.zero_out,
-                "trainable": s.trainable,
-            }
-            for s in plan.layers
-        ],
-    }
+    config = read_config(base)
+    plan = expander.plan(int(config.num_hidden_layers))
+    return plan_tensors(config, plan, source_index(base), target)
 
 
 def write_expanded(
@@ -320,7 +307,7 @@ def write_expanded(
         if hasattr(out_config, "torch_dtype"):  # older configs name the field torch_dtype
             out_config.torch_dtype = out_config.dtype
     (dest / "config.json").write_text(json.dumps(vars(out_config), indent=2, sort_keys=True) + "\n")
-    total_params, trainable, trainable_params = prep.counts(expander)
+    total_params, trainable, trainable_params = prep.counts(expander.train_options)
     manifest = manifest_dict(
         expander,
         base,

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # torch is imported where a model is handled: planning does w
     from torch import nn
 
     from blockexp.layers.plan import Plan
+    from blockexp.layers.shapes import ParamLayout
 
 __all__ = [
     "ArchSpec",
@@ -85,6 +86,9 @@ class ArchSpec:
         sparse_step: config attribute making layer ``i`` sparse iff ``(i + 1) % step == 0``
             (Qwen-MoE's ``decoder_sparse_step``). A plan breaks that pattern, so after surgery it
             is ``1`` and every dense layer is listed in :attr:`dense_layers_list`.
+        shapes: how the checkpoint's tensor shapes follow from ``config.json``
+            (:mod:`blockexp.layers.shapes`), so that ``plan`` counts parameters from the config
+            alone; ``None``: counted from weights or from a model built on the meta device.
     """
 
     model_type: str
@@ -103,6 +107,7 @@ class ArchSpec:
     layer_count_boundaries: tuple[str, ...] = ()
     dense_layers_list: str | None = None
     sparse_step: str | None = None
+    shapes: ParamLayout | None = None
 
     # -- in-memory access -------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
