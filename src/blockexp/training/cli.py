@@ -43,6 +43,7 @@ class BlockexpCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from blockexp.training.module import BlockExpansionModule
+        from blockexp.training.progress import StepProgressBar
         from blockexp.training.summary import ExpansionSummary
 
         kwargs.setdefault("model_class", BlockExpansionModule)
@@ -51,7 +52,7 @@ class BlockexpCLI(LightningCLI):
         # as a default plugin: a plugin instance is not a config value, so `--print_config` could
         # not write it and its output could not be read back.
         kwargs.setdefault(
-            "trainer_defaults", {"callbacks": [RichProgressBar(), ExpansionSummary()]}
+            "trainer_defaults", {"callbacks": [StepProgressBar(), ExpansionSummary()]}
         )
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # Parse errors raise (one line, blockexp.errors.explain_usage) instead of printing usage.
