@@ -10,7 +10,7 @@ import pytest
 
 from blockexp.cli import main
 from blockexp.evaluation.lmeval.build import write_task
-from blockexp.evaluation.lmeval.command import result_rows
+from blockexp.evaluation.lmeval.command import print_results, result_rows
 from blockexp.evaluation.lmeval.harness import EvalError, evaluate_model, load_tasks
 from blockexp.evaluation.lmeval.preset import load_preset, version_differences
 from blockexp.evaluation.lmeval.scores import (
@@ -80,6 +80,14 @@ def test_eval_table_stars_one_metric_per_task(tiny_llama_dir, tmp_path, capsys):
     assert out["headline_keys"] == {"blockexp_cloze": "acc,none", "blockexp_choice": "acc,none"}
     assert _stars(result_rows(out)) == {"blockexp_cloze": ["acc *"], "blockexp_choice": ["acc *"]}
     assert out["scores"]["blockexp_cloze"] == out["results"]["blockexp_cloze"]["acc,none"]
+    # the cloze task's perplexity is labelled and explained, not left beside acc unexplained
+    rows = {(r[0], r[1]) for r in result_rows(out)}
+    assert ("blockexp_cloze", "perplexity (lower is better)") in rows
+    capsys.readouterr()
+    print_results(out)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "note: blockexp_cloze perplexity is lower-is-better" in printed
+    assert "not in the headline mean" in printed
 
 
 def _mmlu_like() -> dict:

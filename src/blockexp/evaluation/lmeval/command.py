@@ -109,6 +109,17 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if abs(value) >= 1e4 else f"{value:.4f}"
 
 
+def lower_is_better(results: dict[str, Any]) -> set[tuple[str, str]]:
+    """``(task, metric)`` pairs that lm-eval declares lower-is-better (``higher_is_better``
+    false): perplexities and the like, which are not scores in [0, 1]."""
+    return {
+        (task, metric)
+        for task, metrics in (results.get("higher_is_better") or {}).items()
+        for metric, higher in (metrics or {}).items()
+        if higher is False
+    }
+
+
 def result_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """The rows of :func:`print_results`: ``(task, metric, filter, value, stderr, n)``, one per
     task and metric. The task's headline (``results["headline_keys"]``: its declared primary
@@ -118,6 +129,7 @@ def result_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, 
     heads = results.get("headline_keys", {})
     aggregates = results.get("aggregates", {})
     samples = results.get("n-samples", {})
+    lower = lower_is_better(results)
     rows = []
     for task, entry in results.get("results", {}).items():
         n = str(samples.get(task, {}).get("effective", entry.get("sample_len", "")))
@@ -129,7 +141,7 @@ def result_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, 
             stderr = entry.get(f"{metric}_stderr,{filt}")
             shown = _fmt(value) if isinstance(value, float) else str(value)
             err = _fmt(stderr) if isinstance(stderr, float) else ""
-            label = metric
+            label = metric + (" (lower is better)" if (task, metric) in lower else "")
             if agg is not None and key == agg["key"]:
                 label += " (size-weighted, lm-eval group)"
             if key == heads.get(task) and (agg is None or agg["headline"] == "size_weighted"):
@@ -162,6 +174,23 @@ def print_results(results: dict[str, Any], title: str = "lm-eval results") -> No
     if scores:
         console.print(
             f"headline scores (*): mean {mean_score(scores):.4f} over {len(scores)} task(s)"
+        )
+    for task, metric in sorted(lower_is_better(results)):
+        what = (
+            "exp of the mean negative log-likelihood per target: unbounded, and on a small "
+            "model dominated by its least likely targets"
+            if metric.endswith("perplexity")
+            else "not a score in [0, 1]"
+        )
+        headline = results.get("headline_keys", {}).get(task, "").split(",")[0] == metric
+        console.print(
+            f"note: {task} {metric} is lower-is-better ({what}); shown as lm-eval reports it"
+            + (
+                ". It is this task's headline, so the mean mixes scales: name a [0, 1] metric "
+                "for it in a preset (`metric:`)"
+                if headline
+                else ", not in the headline mean"
+            )
         )
     settings = results.get("settings", {})
     where = settings.get("reference") or "the preset's reference harness"

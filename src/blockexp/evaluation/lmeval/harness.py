@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,13 @@ def load_tasks(
     manager = _task_manager(tasks, include_paths)
     loaded = LoadedTasks()
     loaded.origin, loaded.manager = {}, manager
-    with offline(not online), _quiet(True):
+    with offline(not online), _quiet(True), warnings.catch_warnings():
+        # lm-eval 0.4.13 deprecates the nested task dicts that get_task_dict returns in favour of
+        # TaskManager.load(); this module (and simple_evaluate's `tasks=`) still speak the nested
+        # form, which lm-eval < 0.5 (our pin) keeps. The notice says nothing a user can act on.
+        warnings.filterwarnings(
+            "ignore", r"(get_task_dict|Use TaskManager\.load)", DeprecationWarning
+        )
         for name in tasks:
             try:
                 part = get_task_dict([name], manager)
