@@ -414,13 +414,8 @@ def test_released_layout_config_runs_unchanged(tmp_path, monkeypatch):
 
 def test_trace_configs_parse(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
-    configs = sorted((REPO / "configs" / "trace").glob("*.yaml"))
-    assert {c.name for c in configs} == {
-        "llama_pro.yaml",
-        "lora.yaml",
-        "full_finetune.yaml",
-        "micro.yaml",
-    }
+    names = ("llama_pro.yaml", "lora.yaml", "full_finetune.yaml", "micro.yaml")  # the shipped
+    configs = [REPO / "configs" / "trace" / name for name in names]
     root = tmp_path / "TRACE"
     generate_trace_standins(root, train=2, eval=1, test=1)
     for config in configs:
