@@ -332,3 +332,33 @@ def test_compare_imports_neither_torch_nor_lightning(sweep, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "summary.csv").is_file()
+
+
+def test_point_labels_do_not_overlap_on_a_crowded_plot():
+    """Points closer than a label's size (as LlamaPro, LoRA and SuffixStack were in
+    experiments/strategies/results.png) get labels that overlap neither each other nor the legend;
+    one-parameter groups are labelled by their value."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from blockexp.compare.plot import _place_labels, _short_labels
+
+    groups = [f"strategy={n}" for n in ("LlamaPro", "LoRA", "SuffixStack", "PrefixStack", "SLayer")]
+    assert _short_labels(groups) == ["LlamaPro", "LoRA", "SuffixStack", "PrefixStack", "SLayer"]
+    assert _short_labels(["lr=1,seed=2", "lr=3,seed=2"]) == ["lr=1,seed=2", "lr=3,seed=2"]
+    points = [(2.13, 4.15), (2.16, 4.16), (2.10, 4.14), (1.71, 4.07), (2.43, 4.36)]
+    fig = Figure(figsize=(7.5, 5.5))
+    ax = fig.subplots()
+    ax.plot(*zip(*points, strict=True), "o", label="points")
+    ax.set_xlim(0, 3.5)
+    ax.set_ylim(0, 5.5)
+    ax.legend(loc="lower right")
+    _place_labels(fig, ax, points, _short_labels(groups))
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(_short_labels(groups))
+    legend = ax.get_legend().get_window_extent(renderer)
+    for i, a in enumerate(boxes):
+        assert not a.overlaps(legend)
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)

@@ -46,8 +46,6 @@ def gain_forgetting_png(summary: list[dict[str, Any]], out: Path) -> Path | None
     for g, x, y in zip(groups, xs, ys, strict=True):
         ax.errorbar(x["mean"], y["mean"], xerr=x["ci_half"] or 0.0, yerr=y["ci_half"] or 0.0,
                     fmt="o", capsize=4, label=f"{g} (n={min(x['n'], y['n'])})")  # fmt: skip
-        ax.annotate(g, (x["mean"], y["mean"]), textcoords="offset points", xytext=(6, 6),
-                    fontsize=8)  # fmt: skip
     front = pareto_front([(x["mean"], y["mean"]) for x, y in zip(xs, ys, strict=True)])
     fx, fy = [xs[i]["mean"] for i in front], [ys[i]["mean"] for i in front]
     ax.plot(fx, fy, "--", color="grey", linewidth=1.0, zorder=0)
@@ -59,7 +57,54 @@ def gain_forgetting_png(summary: list[dict[str, Any]], out: Path) -> Path | None
     ax.set_ylabel("gain: loss decrease on the gain corpus (nats)")
     ax.set_title("gain vs forgetting per group (mean, 95% t interval)")
     ax.legend(fontsize=7)
+    points = [(x["mean"], y["mean"]) for x, y in zip(xs, ys, strict=True)]
+    _place_labels(fig, ax, points, _short_labels(groups))
     return atomic_write(out / "gain_forgetting.png", _png(fig))
+
+
+def _short_labels(groups: list[str]) -> list[str]:
+    """The point labels: ``LoRA`` for ``strategy=LoRA`` when every group is one value of the same
+    single parameter (the legend keeps the full label)."""
+    keys = {g.split("=", 1)[0] for g in groups}
+    if len(keys) == 1 and all(g.count("=") == 1 and "," not in g for g in groups):
+        return [g.split("=", 1)[1] for g in groups]
+    return list(groups)
+
+
+#: where a point's label may go, in points from the point (tried in order)
+_OFFSETS = ((7, 5), (7, -12), (-7, 5), (-7, -12), (7, 16), (7, -23), (-7, 16), (-7, -23))
+
+
+def _place_labels(fig, ax, points: list[tuple[float, float]], labels: list[str]) -> None:
+    """Annotate each point with its label where it overlaps no label placed before it, no other
+    point and not the legend (the first free spot of :data:`_OFFSETS`; the first spot when none is
+    free)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.tight_layout()
+    marks = [ax.transData.transform(pt) for pt in points]
+    legend = ax.get_legend()
+    placed: list[Any] = [legend.get_window_extent(renderer)] if legend is not None else []
+    order = sorted(range(len(points)), key=lambda i: (-points[i][1], points[i][0]))
+
+    def label(i: int, dx: int, dy: int) -> tuple[Any, Any]:
+        text = ax.annotate(labels[i], points[i], textcoords="offset points", xytext=(dx, dy),
+                           ha="left" if dx > 0 else "right", fontsize=8)  # fmt: skip
+        return text, text.get_window_extent(renderer).expanded(1.05, 1.15)
+
+    for i in order:
+        for dx, dy in _OFFSETS:
+            text, box = label(i, dx, dy)
+            clear = not any(box.overlaps(b) for b in placed) and not any(
+                box.contains(mx, my) for j, (mx, my) in enumerate(marks) if j != i
+            )
+            if clear:
+                break
+            text.remove()
+        else:  # no free spot: the first one
+            text, box = label(i, *_OFFSETS[0])
+        placed.append(box)
 
 
 def mean_R(runs: Sequence[Any]) -> tuple[list[str], Any, int] | None:
