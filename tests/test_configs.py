@@ -194,11 +194,15 @@ def test_printed_config_runs_and_checkpoints_stay_atomic(capsys, monkeypatch, tm
 def test_group_override_swaps_a_piece(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     trace = CONFIGS / "trace"
-    # llama_pro.yaml with LoRA is lora.yaml but for its learning rate and output directory
+    # llama_pro.yaml with LoRA is lora.yaml but for its learning rate, batch (TRACE's LoRA
+    # script's: docs/trace.md) and output directory
     swapped = compose_config(trace / "llama_pro.yaml", {"expander": "lora"})
     lora = compose_config(trace / "lora.yaml")
+    assert [c["data"]["init_args"]["global_batch_size"] for c in (swapped, lora)] == [256, 32]
     for config in (swapped, lora):
         config["model"]["optim"].pop("lr")
+        for key in ("batch_size", "global_batch_size"):
+            config["data"]["init_args"].pop(key)
         config["trainer"].pop("default_root_dir")
         config["trainer"]["logger"]["init_args"].pop("save_dir")
         config["trainer"]["callbacks"][0]["init_args"].pop("dirpath")

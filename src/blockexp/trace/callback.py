@@ -5,7 +5,9 @@ eqs. 6-7 (Sec. 4.4), and the TRACE paper's BWT is reported beside (:mod:`blockex
 
 Used with :class:`blockexp.trace.data.TRACEDataModule` in a single ``trainer.fit``. At set-up it sets
 ``trainer.reload_dataloaders_every_n_epochs = 1`` (the data module serves the task of the
-running epoch) and ``max_epochs`` to the sum of the tasks' epochs.
+running epoch) and ``max_epochs`` to the sum of the tasks' epochs. When the fit starts it prints
+one line per task: examples, epochs, the batch (per device x devices x accumulation) and the
+optimizer steps per epoch and in all (:func:`blockexp.trace.batch.plan_line`).
 
 Optimizer and schedule follow the data module's ``protocol``
 (:mod:`blockexp.trace.protocol`):
@@ -38,6 +40,7 @@ from rich.console import Console
 
 from blockexp.io.save import WEIGHTS_FORMATS
 from blockexp.trace import report
+from blockexp.trace.batch import BatchPlan, plan_line
 from blockexp.trace.data import TRACEDataModule
 from blockexp.trace.matrix import backward_transfer, overall_performance
 from blockexp.trace.schedule import ProtocolScheduler
@@ -132,6 +135,14 @@ class TRACECallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = self._datamodule(trainer)
+        if not trainer.fast_dev_run:  # one line per task: examples, epochs, batch, steps
+            plan = BatchPlan(dm.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+            for task, counts in dm.describe().items():
+                rank_zero_info(
+                    plan_line(
+                        task, counts["train"], counts["epochs"], plan, trainer.limit_train_batches
+                    )
+                )
         settings = getattr(pl_module, "settings", None)  # a BlockExpansionModule's
         weight_decay = settings.optim.weight_decay if settings is not None else 0.0
         if dm.protocol.weight_decay is not None and weight_decay != dm.protocol.weight_decay:

@@ -6,9 +6,10 @@ Tasks are learned one after the other, in ``tasks`` order. When ``root`` holds T
 folders and ``tasks`` is not given, the order is TRACE's
 (:data:`~blockexp.trace.tasks.TRACE_ORDER`) and each task gets TRACE's epochs (5, 3, 7, 5, 3, 5, 5,
 7). The module picks the task of the running epoch itself (``trainer.current_epoch``), so one
-``trainer.fit`` with
-``reload_dataloaders_every_n_epochs=1`` walks through the whole sequence (set up by
-:class:`blockexp.trace.callback.TRACECallback`, which also scores the tasks after each one).
+``trainer.fit`` with ``reload_dataloaders_every_n_epochs=1`` walks through the whole sequence (set
+up by :class:`blockexp.trace.callback.TRACECallback`, which also scores the tasks after each one).
+``global_batch_size`` fixes the examples per optimizer step whatever the device count: at
+``setup("fit")`` it sets ``trainer.accumulate_grad_batches`` (:mod:`blockexp.trace.batch`).
 
 ``protocol`` (``trace`` by default, or ``reset``; :mod:`blockexp.trace.protocol`) fixes
 how the callback schedules the optimizer and decodes; ``scoring`` (``trace`` or ``lenient``;
@@ -36,6 +37,7 @@ from blockexp.data.base import BlockexpDataModule, check_int
 from blockexp.data.collate import IGNORE_INDEX, Collator
 from blockexp.data.records import DataError
 from blockexp.data.sft.encode import SFTDataset, chat_template_for, encode_conversation
+from blockexp.trace.batch import check_global_batch, set_accumulation
 from blockexp.trace.protocol import TRACE_EPOCHS, Protocol, get_protocol
 from blockexp.trace.tasks import (
     SPLITS,
@@ -86,7 +88,10 @@ class TRACEDataModule(BlockexpDataModule):
             schedule (TRACE's scripts: 0). The ``reset`` protocol uses the module's
             ``warmup_ratio`` per task instead.
         prompt_format: ``plain`` (prompt + answer, as TRACE) or ``chat`` (chat template).
-        batch_size: training batch size.
+        batch_size: training batch size of one device.
+        global_batch_size: examples per optimizer step (TRACE's per-device batch x GPUs x
+            accumulation); the accumulation is derived from it for the devices in use. ``None``:
+            ``trainer.accumulate_grad_batches`` as set.
         eval_batch_size: batch size of generation and validation.
         num_workers: DataLoader worker processes.
         seed: seed of the sample caps, the shuffle and the sampling.
@@ -116,6 +121,7 @@ class TRACEDataModule(BlockexpDataModule):
         warmup_steps: int = 0,
         prompt_format: str = "plain",
         batch_size: int = 8,
+        global_batch_size: int | None = None,
         eval_batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
@@ -159,6 +165,8 @@ class TRACEDataModule(BlockexpDataModule):
         check_int("max_prompt_len", max_prompt_len)
         check_int("max_ans_len", max_ans_len)
         check_int("eval_batch_size", eval_batch_size)
+        check_int("batch_size", batch_size)
+        check_global_batch(global_batch_size, batch_size)
         check_int("warmup_steps", warmup_steps, minimum=0)
         if temperature is not None and temperature <= 0:
             raise DataError(f"temperature must be > 0, got {temperature!r}")
@@ -195,6 +203,7 @@ class TRACEDataModule(BlockexpDataModule):
         self.warmup_steps = warmup_steps
         self.prompt_format = prompt_format
         self.eval_batch_size = eval_batch_size
+        self.global_batch_size = global_batch_size
         self.task_index = 0  # used when no trainer is attached
         self._train: dict[str, SFTDataset] = {}
         self._val: dict[str, SFTDataset] = {}
@@ -320,9 +329,12 @@ class TRACEDataModule(BlockexpDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Read and tokenise every task (idempotent); general-ability evaluation
-        (:class:`~blockexp.evaluation.general.GeneralEval`) follows the rounds."""
+        (:class:`~blockexp.evaluation.general.GeneralEval`) follows the rounds; at ``fit`` the
+        trainer's accumulation makes ``global_batch_size``."""
         from blockexp.evaluation.general import GeneralEval
 
+        if stage == "fit" and getattr(self, "trainer", None) is not None:
+            set_accumulation(self.trainer, self.global_batch_size, self.batch_size)
         for callback in getattr(getattr(self, "trainer", None), "callbacks", None) or ():
             if isinstance(callback, GeneralEval):
                 callback.follow_rounds(self)
