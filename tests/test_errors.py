@@ -228,3 +228,18 @@ def test_gpu_on_a_cpu_machine_is_refused_before_loading(quick, capsys, monkeypat
     line = _one_line(capsys, [*quick, "--trainer.accelerator", "gpu"])
     _has(line, "--trainer.accelerator gpu", "CUDA", "--trainer.accelerator cpu")
     assert not built  # refused before the model, the data or the trainer were built
+
+
+def test_a_trace_batch_the_devices_do_not_divide_is_refused_before_building(capsys, monkeypatch):
+    from blockexp.training.cli import BlockexpCLI
+
+    monkeypatch.chdir(REPO)
+    built = []
+    original = BlockexpCLI.instantiate_classes
+    monkeypatch.setattr(
+        BlockexpCLI, "instantiate_classes", lambda self: built.append(1) or original(self)
+    )
+    args = ["fit", "--config", "configs/trace/micro.yaml", "--trainer.accelerator", "cpu"]
+    line = _one_line(capsys, [*args, "--trainer.devices", "3"])
+    _has(line, "global_batch_size 16", "batch_size 16 x 3 devices = 48")
+    assert not built

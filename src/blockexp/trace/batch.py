@@ -22,6 +22,7 @@ from blockexp.data.records import DataError
 
 __all__ = [
     "BatchPlan",
+    "check_before_build",
     "check_global_batch",
     "plan_batch",
     "plan_line",
@@ -162,3 +163,14 @@ def plan_line(
         f"{'s' * (per_epoch != 1)} per epoch, "
         f"{per_epoch * epochs} in all"
     )
+
+
+def check_before_build(init_args: dict, world_size: int) -> None:
+    """The data module's options checked against the device count before anything is built
+    (called by the command line: :func:`blockexp.training.preflight.check_data`): a
+    ``global_batch_size`` that ``batch_size x world_size`` does not divide is refused here, not
+    after the model is loaded."""
+    global_batch = init_args.get("global_batch_size")
+    per_device = init_args.get("batch_size")
+    if isinstance(global_batch, int) and isinstance(per_device, int) and per_device > 0:
+        plan_batch(global_batch, per_device, world_size)

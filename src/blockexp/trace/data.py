@@ -37,7 +37,7 @@ from blockexp.data.base import BlockexpDataModule, check_int
 from blockexp.data.collate import IGNORE_INDEX, Collator
 from blockexp.data.records import DataError
 from blockexp.data.sft.encode import SFTDataset, chat_template_for, encode_conversation
-from blockexp.trace.batch import check_global_batch, set_accumulation
+from blockexp.trace.batch import check_before_build, check_global_batch, set_accumulation
 from blockexp.trace.protocol import TRACE_EPOCHS, Protocol, get_protocol
 from blockexp.trace.tasks import (
     SPLITS,
@@ -97,6 +97,8 @@ class TRACEDataModule(BlockexpDataModule):
         seed: seed of the sample caps, the shuffle and the sampling.
         trust_remote_code: forwarded to the tokenizer loader.
     """
+
+    check_before_build = staticmethod(check_before_build)  # the CLI's early batch check
 
     reload_every_epoch = True
 

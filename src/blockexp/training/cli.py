@@ -104,12 +104,13 @@ class BlockexpCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # a logger whose package is missing (W&B without the extra), an accelerator this machine
         # lacks: one line, before building
-        from blockexp.training.preflight import check_accelerator
+        from blockexp.training.preflight import check_accelerator, check_data
         from blockexp.training.tracking import check_logger_installed
 
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_logger_installed(config.get("trainer", {}).get("logger"))
         check_accelerator(config.get("trainer", {}))
+        check_data(config)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         # The rich progress bar is a default: leave it out when the user turns the bar off or

@@ -11,7 +11,7 @@ from typing import Any
 
 from blockexp.errors import UsageError
 
-__all__ = ["check_accelerator"]
+__all__ = ["check_accelerator", "check_data", "world_size"]
 
 _CUDA = ("gpu", "cuda")
 
@@ -68,3 +68,48 @@ def check_accelerator(trainer: Any) -> None:
             f"--trainer.devices {wanted} asks for more GPUs than this machine has ({have}): "
             f"use --trainer.devices {have}, or run on a machine with more GPUs"
         )
+
+
+def world_size(trainer: Any) -> int:
+    """The data-parallel processes a trainer section asks for: devices (an int, a list of ids, a
+    numeric string; ``auto``/-1 count the visible GPUs on a GPU accelerator, else 1) x nodes."""
+    get = trainer.get if hasattr(trainer, "get") else lambda k, d=None: getattr(trainer, k, d)
+    devices, nodes = get("devices", "auto"), get("num_nodes", 1) or 1
+    if isinstance(devices, list | tuple):
+        count = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        count = devices
+    elif isinstance(devices, str) and devices.strip().isdigit():
+        count = int(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    elif _name(get("accelerator", "auto")) in (*_CUDA, "auto"):
+        import torch
+
+        count = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    else:
+        count = 1
+    return count * int(nodes)
+
+
+def check_data(config: Any) -> None:
+    """Let the configured data module check its options against the trainer before anything is
+    built: a class with ``check_before_build(init_args: dict, world_size: int)`` (the TRACE
+    module's batch in examples) is called with its parsed options."""
+    import importlib
+
+    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+    data = get("data")
+    class_path = data.get("class_path") if hasattr(data, "get") else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return  # the parser reports a bad class path itself
+    check = getattr(cls, "check_before_build", None)
+    if callable(check):
+        init_args = data.get("init_args") or {}
+        args = dict(init_args.items()) if hasattr(init_args, "items") else dict(vars(init_args))
+        check(args, world_size(get("trainer") or {}))
