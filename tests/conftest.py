@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 
+@pytest.fixture(autouse=True)
+def _known_noise_filtered():
+    """pytest resets the warning filters around each test (and shows every DeprecationWarning):
+    put back the precise filters for the dependencies' known noise (blockexp.console), so the
+    run's warning summary holds only what is new."""
+    from blockexp.console import filter_known_warnings
+
+    filter_known_warnings()
+
+
 def tiny_llama_dict(num_layers: int = 4, **overrides) -> dict:
     """The tiny Llama of ``configs/model/tiny_llama.yaml`` made smaller still for tests (hidden
     32), matching the built-in byte tokenizer."""

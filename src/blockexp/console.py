@@ -18,6 +18,9 @@ and is now natively supported``          its enums at import; a deprecation noti
 Lightning ``isinstance(treespec,         a FutureWarning Lightning 2.6 triggers inside its own
 LeafSpec)`` is deprecated                ``utilities/_pytree.py`` under torch >= 2.10.
 Lightning ``Tip: ... litlogger``         an advertisement printed whenever a trainer is built.
+jsonargparse ``... was deprecated in      Lightning 2.6's LightningCLI calls jsonargparse APIs that
+v4.49.0`` (from ``lightning.pytorch.     jsonargparse 4.49 deprecates (``add_instantiator``,
+cli``)                                   ``instantiate_classes``, ``skip_none``).
 tqdm ``IProgress not found``             tqdm's notebook bar without ipywidgets; lm-eval then
                                          falls back to the text bar, which works.
 =======================================  ======================================================
@@ -32,7 +35,7 @@ import logging
 import re
 import warnings
 
-__all__ = ["NOISE", "quiet_known_noise"]
+__all__ = ["NOISE", "filter_known_warnings", "quiet_known_noise"]
 
 #: (logger name, message pattern) of log records that are dropped
 NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -68,6 +71,22 @@ def quiet_known_noise() -> None:
     _installed = True
     for name, pattern in NOISE:
         logging.getLogger(name).addFilter(_Drop(pattern))
+    filter_known_warnings()
+
+
+def filter_known_warnings() -> None:
+    """Add the warning filters of the table above to the current filter list (a test runner that
+    resets the filters per test calls this again inside each test)."""
+    for message in (
+        r"(?s).* was deprecated in v4\.\d+\.\d+",
+        r"\s*By default only one Jsonargparse",
+    ):
+        warnings.filterwarnings(
+            "ignore",
+            message=message,
+            category=DeprecationWarning,
+            module=r"lightning\.pytorch\.cli",
+        )
     warnings.filterwarnings(
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
