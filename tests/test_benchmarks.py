@@ -93,3 +93,17 @@ def test_train_step_benchmark_smoke():
     for row in ("peer layout (lean, fp32 AdamW)", "lean-int8 (quantised base)", "lean (reference)"):
         assert row in out, out
     assert out.count("optimizer_in_backward") >= 2, out
+
+
+def test_readme_timings_smoke():
+    """benchmarks/readme_timings.py (the README's Timings table) runs its cheap rows and prints a
+    table row per command with its wall time and peak memory."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(BENCH / "readme_timings.py"), "--only", "plan,help"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| `python -m")]
+    assert len(rows) == 2 and all(" s | " in row and " MB | " in row for row in rows)
+    assert "plan --base llama2-7b/config.json" in rows[0]
