@@ -92,7 +92,13 @@ def test_help_imports_only_the_command_wiring():
         if line.startswith("import time:") and "| " in line
     }
     ours = {name for name in ours if name.split(".")[0] == "blockexp"}
-    allowed = {"blockexp", "blockexp.__main__", "blockexp.cli", "blockexp.errors", "blockexp.console"}
+    allowed = {
+        "blockexp",
+        "blockexp.__main__",
+        "blockexp.cli",
+        "blockexp.errors",
+        "blockexp.console",
+    }
     assert ours <= allowed, ours
 
 
