@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from blockexp.expanders.base import Expander
+from blockexp.layers.plan import summary
 
 __all__ = ["plan_summary"]
 
@@ -28,30 +29,14 @@ def plan_summary(base: str, expander: Expander, trust_remote_code: bool = False)
     base_params = sum(p.numel() for p in model.parameters())
     expansion = expander.expand(model)
     total, trainable = expansion.parameter_counts()
-    if expansion.plan is not None:
-        layers = [
-            {
-                "index": s.index,
-                "source": list(s.source),
-                "init": s.init,
-                "zero_out": s.zero_out,
-                "trainable": s.trainable,
-            }
-            for s in expansion.plan.layers
-        ]
-    else:
-        layers = [
-            {"index": i, "source": [i], "init": "base", "zero_out": False, "trainable": None}
-            for i in range(base_layers)
-        ]
-    return {
-        "model_type": config.model_type,
-        "strategy": type(expander).__name__,
-        "expander": expander.config(),
-        "base_num_layers": base_layers,
-        "base_params": base_params,
-        "num_layers": int(expansion.model.config.num_hidden_layers),
-        "total_params": total,
-        "trainable_params": trainable,
-        "layers": layers,
-    }
+    return summary(
+        expansion.plan,
+        model_type=config.model_type,
+        strategy=type(expander).__name__,
+        expander=expander.config(),
+        base_num_layers=base_layers,
+        base_params=base_params,
+        num_layers=int(expansion.model.config.num_hidden_layers),
+        total_params=total,
+        trainable_params=trainable,
+    )

@@ -27,6 +27,7 @@ from blockexp.io.load import local_path
 from blockexp.io.safetensors import DTYPES, INDEX_FILE, SINGLE_FILE, SafetensorsEntry, source_index
 from blockexp.io.streaming import plan_tensors, read_config
 from blockexp.layers import LayerSpec, Plan, TrainOptions, get_arch
+from blockexp.layers.plan import summary
 from blockexp.layers.shapes import param_shapes, resolve_config
 
 __all__ = ["cannot_plan", "plan_summary", "virtual_index"]
@@ -114,30 +115,14 @@ def plan_summary(base: str | os.PathLike, expander: Expander) -> dict[str, Any]:
     identity = Plan(base_layers, tuple(LayerSpec(i, (i,), "base") for i in range(base_layers)))
     tensors = plan_tensors(config, plan or identity, entries)
     total, _, trainable = tensors.counts(expander.train_options)
-    if plan is not None:
-        layers = [
-            {
-                "index": s.index,
-                "source": list(s.source),
-                "init": s.init,
-                "zero_out": s.zero_out,
-                "trainable": s.trainable,
-            }
-            for s in plan.layers
-        ]
-    else:
-        layers = [
-            {"index": i, "source": [i], "init": "base", "zero_out": False, "trainable": None}
-            for i in range(base_layers)
-        ]
-    return {
-        "model_type": config.model_type,
-        "strategy": type(expander).__name__,
-        "expander": expander.config(),
-        "base_num_layers": base_layers,
-        "base_params": tensors.base_params,
-        "num_layers": (plan or identity).num_layers,
-        "total_params": total,
-        "trainable_params": trainable,
-        "layers": layers,
-    }
+    return summary(
+        plan,
+        model_type=config.model_type,
+        strategy=type(expander).__name__,
+        expander=expander.config(),
+        base_num_layers=base_layers,
+        base_params=tensors.base_params,
+        num_layers=(plan or identity).num_layers,
+        total_params=total,
+        trainable_params=trainable,
+    )

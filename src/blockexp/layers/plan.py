@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["Init", "LayerSpec", "Plan", "PlanError"]
+__all__ = ["Init", "LayerSpec", "Plan", "PlanError", "summary"]
 
 Init = Literal["base", "copy", "mean"]
 
@@ -138,3 +138,38 @@ class Plan:
             LayerSpec(i, s.source, s.init, s.zero_out, s.trainable) for i, s in enumerate(flat)
         )
         return cls(base_num_layers, layers, strategy)
+
+
+def summary(
+    plan: Plan | None,
+    *,
+    model_type: str,
+    strategy: str,
+    expander: dict[str, Any],
+    base_num_layers: int,
+    base_params: int,
+    num_layers: int,
+    total_params: int,
+    trainable_params: int,
+) -> dict[str, Any]:
+    """What ``plan`` prints (its ``--json`` object), however the counts were made: the arguments
+    and the layer map, one row per layer of ``plan`` (without a plan, the base's layers with
+    ``trainable`` unknown: ``None``)."""
+    if plan is not None:
+        layers = [s.to_dict() for s in plan.layers]
+    else:
+        layers = [
+            {"index": i, "source": [i], "init": "base", "zero_out": False, "trainable": None}
+            for i in range(base_num_layers)
+        ]
+    return {
+        "model_type": model_type,
+        "strategy": strategy,
+        "expander": expander,
+        "base_num_layers": base_num_layers,
+        "base_params": base_params,
+        "num_layers": num_layers,
+        "total_params": total_params,
+        "trainable_params": trainable_params,
+        "layers": layers,
+    }
