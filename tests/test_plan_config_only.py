@@ -21,6 +21,7 @@ from blockexp.io.safetensors import StreamingError, source_index
 from blockexp.layers import PlanError, UnsupportedArchitectureError, get_arch, supported_model_types
 from blockexp.layers.shapes import param_shapes
 from tests.conftest import ARCH_CONFIGS, MIXED_MOE_CONFIGS, make_arch_model
+from tests.test_benchmarks import _load
 from tests.test_startup import MODEL_STACK, run_imports
 
 # Every supported family (tied and untied, GQA: 4 heads, 2 KV heads), alternating dense and
@@ -36,29 +37,9 @@ CONFIGS = {
     "mistral_head_dim": {**ARCH_CONFIGS["mistral"], "head_dim": 12},
 }
 
-# Llama-2-7B's config.json (meta-llama/Llama-2-7b-hf), as published.
-LLAMA2_7B = {
-    "architectures": ["LlamaForCausalLM"],
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "hidden_act": "silu",
-    "hidden_size": 4096,
-    "initializer_range": 0.02,
-    "intermediate_size": 11008,
-    "max_position_embeddings": 4096,
-    "model_type": "llama",
-    "num_attention_heads": 32,
-    "num_hidden_layers": 32,
-    "num_key_value_heads": 32,
-    "pretraining_tp": 1,
-    "rms_norm_eps": 1e-05,
-    "rope_scaling": None,
-    "tie_word_embeddings": False,
-    "torch_dtype": "float16",
-    "transformers_version": "4.31.0.dev0",
-    "use_cache": True,
-    "vocab_size": 32000,
-}
+# Llama-2-7B's config.json (meta-llama/Llama-2-7b-hf), as published: the one the plan benchmark
+# (benchmarks/plan_config_only.py) and the README's Timings use.
+LLAMA2_7B = _load("plan_config_only").LLAMA2_7B
 
 
 GROUPS = ["--expander.num_groups", "2"]
