@@ -184,19 +184,19 @@ def main(argv: list[str] | None = None) -> Any:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("BLOCKEXP_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    # a training command's --help is one page; --help-all is LightningCLI's own --help
+    short_help = bool(argv) and argv[0] in TRAIN_COMMANDS and bool({"-h", "--help"} & {*argv[1:]})
+    argv = [("--help" if a == "--help-all" else a) for a in argv]
     if not explicit:
         sys.argv[1:] = argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return None
-    if argv[0] in TRAIN_COMMANDS and any(a in ("-h", "--help") for a in argv[1:]):
+    if short_help:
         from blockexp.training.compose import GROUPS
 
         print(TRAIN_HELP.format(command=argv[0], groups=", ".join(GROUPS)), end="")
         return None
-    argv = [("--help" if a == "--help-all" else a) for a in argv]
-    if not explicit:
-        sys.argv[1:] = argv
     from blockexp.io.inputs import config_files, declare_inputs
 
     declare_inputs(config_files(argv))  # no output may replace what the command reads

@@ -33,7 +33,7 @@ def check_accelerator(trainer: Any) -> None:
     Raises:
         UsageError: what was asked, what this machine has and the options that fix it.
     """
-    get = trainer.get if hasattr(trainer, "get") else lambda k, d=None: getattr(trainer, k, d)
+    get = trainer.get  # a mapping or jsonargparse's Namespace
     accelerator = _name(get("accelerator", "auto"))
     if accelerator not in (*_CUDA, "mps"):
         return
@@ -73,7 +73,7 @@ def check_accelerator(trainer: Any) -> None:
 def world_size(trainer: Any) -> int:
     """The data-parallel processes a trainer section asks for: devices (an int, a list of ids, a
     numeric string; ``auto``/-1 count the visible GPUs on a GPU accelerator, else 1) x nodes."""
-    get = trainer.get if hasattr(trainer, "get") else lambda k, d=None: getattr(trainer, k, d)
+    get = trainer.get  # a mapping or jsonargparse's Namespace
     devices, nodes = get("devices", "auto"), get("num_nodes", 1) or 1
     if isinstance(devices, list | tuple):
         count = len(devices)
@@ -98,7 +98,7 @@ def check_data(config: Any) -> None:
     module's batch in examples) is called with its parsed options."""
     import importlib
 
-    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+    get = config.get  # a mapping or jsonargparse's Namespace
     data = get("data")
     class_path = data.get("class_path") if hasattr(data, "get") else None
     if not isinstance(class_path, str) or "." not in class_path:
@@ -111,5 +111,5 @@ def check_data(config: Any) -> None:
     check = getattr(cls, "check_before_build", None)
     if callable(check):
         init_args = data.get("init_args") or {}
-        args = dict(init_args.items()) if hasattr(init_args, "items") else dict(vars(init_args))
+        args = dict(init_args.items())
         check(args, world_size(get("trainer") or {}))
